@@ -1,0 +1,3 @@
+"""cpc-signaling: live presence for collaborative applications."""
+
+__version__ = "0.1.0"

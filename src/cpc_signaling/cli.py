@@ -1,0 +1,31 @@
+"""``cpc-signaling``: serve, and the tools around it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .server.config import Config, add_arguments
+from .server.logs import setup_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cpc-signaling", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the signaling server")
+    add_arguments(serve_parser)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        config = Config.from_namespace(args)
+        setup_logging(config.log_level, config.log_format)
+        from .server.runner import run
+
+        run(config)
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

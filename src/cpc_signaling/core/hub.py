@@ -1,0 +1,304 @@
+"""The hub: this instance's connections and its replicas of documents.
+
+Sans-I/O. The transport hands the hub decoded messages (``receive``) and closed
+connections (``disconnect``); the hub answers with events for the backend to
+sequence, or raises :class:`ProtocolError`. The backend hands sequenced events
+back (``apply``) and the hub answers with :class:`Send` instructions: which
+local peers get which frames. ``P`` is whatever the transport uses to reach a
+peer; the hub only stores and returns it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..protocol import (
+    Annotation,
+    Comment,
+    DocumentMessage,
+    Error,
+    ErrorCode,
+    JoinDocument,
+    LeaveDocument,
+    ProtocolError,
+    encode,
+)
+from .events import Event, Joined, Left, Relayed
+from .state import PRESENCE_KINDS, DocumentState, Outcome
+
+P = TypeVar("P")
+
+ConflationKey = tuple[str, str, str]
+"""(document, user, kind): a newer frame with the same key may replace an older, unsent one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits the core enforces; the same on every instance of a service."""
+
+    max_documents_per_connection: int = 100
+    max_members_per_document: int = 1000
+    max_stored_per_document: int = 1000
+    max_documents: int = 100_000
+
+
+@dataclass(slots=True)
+class Send(Generic[P]):
+    """Send ``frames``, in order, to each of ``peers``.
+
+    ``kind`` names what is sent, for metrics. ``wire`` is for the transport:
+    it may cache the frames in its own encoding there, so that it encodes once
+    for all peers.
+    """
+
+    peers: Sequence[P]
+    frames: Sequence[bytes]
+    kind: str
+    key: ConflationKey | None = None
+    wire: object = None
+
+
+class Connection(Generic[P]):
+    """A local connection as the hub sees it."""
+
+    __slots__ = ("allowed_documents", "id", "joined", "peer", "user_id")
+
+    def __init__(
+        self,
+        conn_id: str,
+        peer: P,
+        user_id: str | None,
+        allowed_documents: frozenset[str] | None,
+    ) -> None:
+        self.id = conn_id
+        self.peer = peer
+        self.user_id = user_id
+        self.allowed_documents = allowed_documents
+        # Documents joined or being joined (the join may still be in the backend).
+        self.joined: set[str] = set()
+
+
+def _error(code: str, message: str) -> ProtocolError:
+    return ProtocolError(code, message)
+
+
+class Hub(Generic[P]):
+    """Connections, membership and routing for one instance.
+
+    ``retain_idle`` keeps documents without members (for their annotations and
+    comments): right when this hub is the only holder of state (memory
+    backend); a shared store makes it unnecessary.
+    """
+
+    def __init__(
+        self, *, instance_id: str, limits: Limits | None = None, retain_idle: bool = True
+    ) -> None:
+        self.instance_id = instance_id
+        self.limits = limits or Limits()
+        self.retain_idle = retain_idle
+        self.connections: dict[str, Connection[P]] = {}
+        self.documents: dict[str, DocumentState] = {}
+        # document -> local connection id -> peer: who on this instance gets a document's traffic.
+        self.local_members: dict[str, dict[str, P]] = {}
+        # Documents kept only for their stored messages, least recently active first.
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self._ids = itertools.count(1)
+        # document -> local connections that joined or are joining it.
+        self.local_refs: dict[str, int] = {}
+        # Documents whose last local connection let go since the caller last looked:
+        # the caller detaches them from the backend (and clears this list).
+        self.released: set[str] = set()
+
+    # -- connections -----------------------------------------------------
+
+    def connect(
+        self,
+        peer: P,
+        *,
+        user_id: str | None = None,
+        allowed_documents: frozenset[str] | None = None,
+    ) -> Connection[P]:
+        """Register a new local connection; ``user_id`` is set when a token bound it."""
+        conn = Connection(f"{self.instance_id}/{next(self._ids)}", peer, user_id, allowed_documents)
+        self.connections[conn.id] = conn
+        return conn
+
+    def disconnect(self, conn: Connection[P]) -> list[tuple[str, Event]]:
+        """Forget a closed connection; return the leaves to sequence (one per document)."""
+        self.connections.pop(conn.id, None)
+        events: list[tuple[str, Event]] = []
+        assert conn.user_id is not None or not conn.joined
+        for doc_id in list(conn.joined):
+            members = self.local_members.get(doc_id)
+            if members is not None:
+                members.pop(conn.id, None)
+            self._release(conn, doc_id)
+            events.append((doc_id, Left(conn.id, conn.user_id or "")))
+        return events
+
+    def _claim(self, conn: Connection[P], doc_id: str) -> None:
+        conn.joined.add(doc_id)
+        self.local_refs[doc_id] = self.local_refs.get(doc_id, 0) + 1
+
+    def _release(self, conn: Connection[P], doc_id: str) -> None:
+        if doc_id not in conn.joined:
+            return
+        conn.joined.discard(doc_id)
+        refs = self.local_refs[doc_id] - 1
+        if refs:
+            self.local_refs[doc_id] = refs
+        else:
+            del self.local_refs[doc_id]
+            self.released.add(doc_id)
+
+    def receive(self, conn: Connection[P], message: DocumentMessage) -> tuple[str, Event]:
+        """Check a client's message; return the event it makes, or raise ProtocolError."""
+        doc_id = message.document_id
+        if conn.user_id is None:
+            if type(message) is not JoinDocument:
+                raise _error(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
+            conn.user_id = message.user_id  # open mode: the first join binds the user
+        elif message.user_id != conn.user_id:
+            raise _error(
+                ErrorCode.AUTH_ERROR,
+                f"user_id {message.user_id} is not this connection's user; message dropped",
+            )
+        kind = type(message)
+        if kind is JoinDocument:
+            return doc_id, self._check_join(conn, doc_id)
+        if doc_id not in conn.joined:
+            raise _error(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
+        if kind is LeaveDocument:
+            self._release(conn, doc_id)
+            return doc_id, Left(conn.id, conn.user_id)
+        return doc_id, Relayed(conn.id, conn.user_id, kind.__name__, encode(message))
+
+    def publish(self, message: Annotation | Comment) -> tuple[str, Relayed]:
+        """An Annotation or Comment from the server itself (its API), not from a member."""
+        return message.document_id, Relayed(
+            "", message.user_id, type(message).__name__, encode(message)
+        )
+
+    def _check_join(self, conn: Connection[P], doc_id: str) -> Joined:
+        assert conn.user_id is not None
+        allowed = conn.allowed_documents
+        if allowed is not None and doc_id not in allowed:
+            raise _error(ErrorCode.AUTH_ERROR, f"this token may not join document {doc_id}")
+        if doc_id not in conn.joined:
+            if len(conn.joined) >= self.limits.max_documents_per_connection:
+                raise _error(
+                    ErrorCode.DOCUMENT_ERROR,
+                    f"cannot join {doc_id}: a connection may join at most "
+                    f"{self.limits.max_documents_per_connection} documents",
+                )
+            self._claim(conn, doc_id)
+        return Joined(conn.id, conn.user_id)
+
+    # -- sequenced events ----------------------------------------------------
+
+    def document(self, doc_id: str) -> DocumentState:
+        """The replica of ``doc_id``, created empty if this hub has none."""
+        state = self.documents.get(doc_id)
+        if state is None:
+            state = DocumentState(doc_id, max_stored=self.limits.max_stored_per_document)
+            self.documents[doc_id] = state
+        else:
+            self._idle.pop(doc_id, None)
+        return state
+
+    def install(self, state: DocumentState) -> None:
+        """Replace a replica with one loaded from a shared store (seq included)."""
+        self.documents[state.document_id] = state
+        self._idle.pop(state.document_id, None)
+
+    def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
+        """Apply a sequenced event; return what local peers must be sent."""
+        state = self.document(doc_id)
+        outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+        conn = self.connections.get(event.conn)
+        if conn is not None and doc_id not in conn.joined and type(event) is not Left:
+            conn = None  # it left (or closed) while this event was in flight
+        members = self.local_members.get(doc_id)
+        sends: list[Send[P]] = []
+
+        if outcome is Outcome.RELAYED:
+            assert type(event) is Relayed
+            if members:
+                key = (doc_id, event.user, event.kind) if event.kind in PRESENCE_KINDS else None
+                peers = [p for c, p in members.items() if c != event.conn]
+                if peers:
+                    sends.append(Send(peers, (event.frame,), event.kind, key))
+        elif outcome in (Outcome.JOINED_FIRST, Outcome.JOINED_AGAIN, Outcome.REJOINED):
+            if outcome is Outcome.JOINED_FIRST and members:
+                peers = [p for c, p in members.items() if c != event.conn]
+                if peers:
+                    sends.append(Send(peers, (state.join_frame(event.user),), "JoinDocument"))
+            if conn is not None:
+                if members is None:
+                    members = self.local_members[doc_id] = {}
+                members[conn.id] = conn.peer
+                frames = [*state.snapshot(event.user), state.join_frame(event.user)]
+                sends.append(Send((conn.peer,), frames, "snapshot"))
+        elif outcome is Outcome.REJECTED_FULL:
+            if conn is not None:
+                self._release(conn, doc_id)
+                error = Error(
+                    code=ErrorCode.DOCUMENT_ERROR,
+                    message=f"document {doc_id} is full "
+                    f"({self.limits.max_members_per_document} members)",
+                )
+                sends.append(Send((conn.peer,), (encode(error),), "Error"))
+        elif outcome in (Outcome.LEFT_LAST, Outcome.LEFT_OTHERS_REMAIN):
+            if members is not None:
+                members.pop(event.conn, None)
+            leave = state.leave_frame(event.user)
+            if conn is not None:
+                sends.append(Send((conn.peer,), (leave,), "LeaveDocument"))  # the ack
+            if outcome is Outcome.LEFT_LAST and members:
+                sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
+
+        if members is not None and not members:
+            del self.local_members[doc_id]
+        if not state.conns:
+            self._forget_if_idle(state)
+        return sends
+
+    def _forget_if_idle(self, state: DocumentState) -> None:
+        doc_id = state.document_id
+        if doc_id in self.local_members:
+            return
+        if not self.retain_idle or state.is_empty():
+            del self.documents[doc_id]
+            self._idle.pop(doc_id, None)
+            return
+        self._idle[doc_id] = None
+        self._idle.move_to_end(doc_id)
+        # Overflow policy: drop the least recently active documents that have no members.
+        while len(self.documents) > self.limits.max_documents and self._idle:
+            oldest, _ = self._idle.popitem(last=False)
+            del self.documents[oldest]
+
+    def cancel_join(self, conn: Connection[P], doc_id: str) -> None:
+        """Undo ``receive``'s claim for a join that will not be submitted."""
+        self._release(conn, doc_id)
+
+    def forget(self, doc_id: str) -> None:
+        """Drop the replica of a document this instance no longer follows."""
+        if doc_id not in self.local_members and doc_id not in self.local_refs:
+            self.documents.pop(doc_id, None)
+            self._idle.pop(doc_id, None)
+
+    # -- reading ---------------------------------------------------------
+
+    def present_users(self, doc_id: str) -> list[str]:
+        """User ids present in ``doc_id`` (as this replica knows), oldest join first."""
+        state = self.documents.get(doc_id)
+        return [] if state is None else list(state.users)
+
+    def iter_members(self, doc_id: str) -> Iterator[P]:
+        """Local peers that are members of ``doc_id``."""
+        return iter(self.local_members.get(doc_id, {}).values())

@@ -1,0 +1,48 @@
+"""The CPC signaling protocol: messages and codec. No I/O."""
+
+from .codec import DEFAULT_MAX_CONTENT_CHARS, Decoder, ProtocolError, encode
+from .messages import (
+    MESSAGE_TYPES,
+    Annotation,
+    Comment,
+    CursorUpdate,
+    DocumentMessage,
+    Error,
+    ErrorCode,
+    JoinDocument,
+    LeaveDocument,
+    Message,
+    Position,
+    PresenceMessage,
+    PresenceStatus,
+    PresenceUpdate,
+    Selection,
+    SelectionUpdate,
+    StoredMessage,
+    TypingIndicator,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CONTENT_CHARS",
+    "MESSAGE_TYPES",
+    "Annotation",
+    "Comment",
+    "CursorUpdate",
+    "Decoder",
+    "DocumentMessage",
+    "Error",
+    "ErrorCode",
+    "JoinDocument",
+    "LeaveDocument",
+    "Message",
+    "Position",
+    "PresenceMessage",
+    "PresenceStatus",
+    "PresenceUpdate",
+    "ProtocolError",
+    "Selection",
+    "SelectionUpdate",
+    "StoredMessage",
+    "TypingIndicator",
+    "encode",
+]

@@ -1,0 +1,182 @@
+"""The aiohttp transport: ``/ws`` plus ``/healthz``, ``/readyz`` and ``/metrics``.
+
+Outgoing frames are framed once per message (one WebSocket text frame, server
+side, so unmasked) and the same bytes are written to every recipient's
+transport, without awaiting per recipient. A recipient whose socket buffer is
+full gets an :class:`Outbox` instead, flushed when the buffer drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+from aiohttp import WSMsgType, web
+
+from ..core import Connection, Send
+from ..protocol import ErrorCode, ProtocolError
+from .metrics import CONTENT_TYPE
+from .outbox import Outbox
+from .service import Peer, Service
+
+log = logging.getLogger("cpc_signaling.server")
+
+SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
+
+# Past this many bytes waiting in the kernel-side transport buffer, frames wait
+# in the outbox (where presence is conflated) instead.
+WRITE_HIGH_WATER = 64 * 1024
+FLUSH_INTERVAL = 0.01
+
+_HEADER2 = struct.Struct("!BB").pack
+_HEADER4 = struct.Struct("!BBH").pack
+_HEADER10 = struct.Struct("!BBQ").pack
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return _HEADER2(0x81, n) + payload
+    if n < 65536:
+        return _HEADER4(0x81, 126, n) + payload
+    return _HEADER10(0x81, 127, n) + payload
+
+
+def wire_bytes(send: Send[Peer]) -> bytes:
+    """``send``'s frames as wire bytes, built once and cached on the send."""
+    wire = send.wire
+    if wire is None:
+        frames = send.frames
+        wire = send.wire = (
+            text_frame(frames[0]) if len(frames) == 1 else b"".join(map(text_frame, frames))
+        )
+    assert isinstance(wire, bytes)
+    return wire
+
+
+class WsPeer:
+    """One aiohttp WebSocket, as the service reaches it."""
+
+    __slots__ = ("_flush_handle", "_outbox", "_service", "_transport", "closed", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, service: Service) -> None:
+        self.ws = ws
+        transport = request.transport
+        assert transport is not None
+        self._transport = transport
+        self._service = service
+        self._outbox = Outbox(service.config.outbox_max_bytes)
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    def deliver(self, send: Send[Peer]) -> None:
+        if self.closed or self.ws.closed:
+            return
+        wire = wire_bytes(send)
+        transport = self._transport
+        if self._outbox or transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            self._enqueue(wire, send.key if len(send.frames) == 1 else None)
+        elif transport.is_closing():
+            self.closed = True
+        else:
+            transport.write(wire)
+
+    def _enqueue(self, wire: bytes, key: tuple[str, str, str] | None) -> None:
+        if self._outbox.push(wire, key):
+            self._service.metrics.conflated.inc()
+        if self._outbox.overflowed:
+            log.info("slow reader over its %d-byte bound: closing", self._outbox.max_bytes)
+            self._service.metrics.closes.labels("slow_reader").inc()
+            self._outbox.take()
+            self.close(1013, "reader too slow")
+            return
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self.closed or self.ws.closed or self._transport.is_closing():
+            self._outbox.take()
+            return
+        if self._transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            self._transport.write(b"".join(self._outbox.take()))
+        if self._outbox:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._flush)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._service.spawn(self.ws.close(code=code, message=reason.encode()))
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    if service.draining:
+        raise web.HTTPServiceUnavailable(text="shutting down")
+    config = service.config
+    ws = web.WebSocketResponse(
+        max_msg_size=config.max_message_bytes,
+        heartbeat=config.ping_interval or None,
+        compress=False,
+        decode_text=False,
+    )
+    if config.ping_interval:
+        # aiohttp waits heartbeat/2 for the pong; the contract gives its own timeout.
+        ws._pong_heartbeat = config.ping_timeout
+    await ws.prepare(request)
+    peer = WsPeer(ws, request, service)
+    conn: Connection[Peer] = service.open(peer)
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                pending = service.on_frame(conn, msg.data)
+                if pending is not None:
+                    await pending
+            elif msg.type is WSMsgType.BINARY:
+                service.metrics.bytes_in.inc(len(msg.data))
+                service.reject(
+                    conn,
+                    ProtocolError(
+                        ErrorCode.PARSE_ERROR, "binary frames are not accepted: send JSON text"
+                    ),
+                )
+    finally:
+        peer.closed = True
+        service.on_close(conn)
+    return ws
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    if service.ready:
+        return web.Response(text="ready\n")
+    reason = "draining" if service.draining else f"backend {service.backend.name} not ready"
+    return web.Response(status=503, text=f"not ready: {reason}\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(service: Service) -> web.Application:
+    """The aiohttp application serving ``service``."""
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/ws", _websocket)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app

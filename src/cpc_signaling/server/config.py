@@ -1,0 +1,129 @@
+"""All configuration in one frozen object, built from flags and ``CPC_*`` variables.
+
+Each field is one option: ``--max-message-bytes`` on the command line,
+``CPC_MAX_MESSAGE_BYTES`` in the environment (a flag wins over a variable,
+both over the default). Add an option by adding a field with ``help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # network
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8765, "port to listen on; 0 picks a free one")
+    # backend
+    redis_url: str | None = _opt(
+        None, "redis://HOST:PORT/DB makes instances one service (default: in-memory state)"
+    )
+    redis_prefix: str = _opt("cpc", "prefix of every Redis key and channel")
+    instance_id: str | None = _opt(None, "this instance's id (default: random)")
+    heartbeat_interval: float = _opt(
+        2.0, "seconds between this instance's liveness heartbeats in Redis"
+    )
+    instance_timeout: float = _opt(
+        6.0, "seconds without a heartbeat after which an instance is declared dead"
+    )
+    document_ttl: float = _opt(
+        7 * 24 * 3600.0, "seconds an idle document's Redis keys live (annotations, comments)"
+    )
+    # limits
+    max_message_bytes: int = _opt(65536, "largest accepted frame; larger closes with 1009")
+    max_content_chars: int = _opt(10_000, "longest Annotation/Comment content")
+    max_documents_per_connection: int = _opt(100, "documents one connection may join")
+    max_members_per_document: int = _opt(1000, "member connections one document may have")
+    max_stored_per_document: int = _opt(
+        1000, "annotations and comments kept per document (oldest dropped first)"
+    )
+    max_documents: int = _opt(
+        100_000, "documents kept in memory; idle ones are dropped least recently active first"
+    )
+    error_limit: int = _opt(20, "errors a connection may cause within --error-window")
+    error_window: float = _opt(10.0, "seconds over which --error-limit counts")
+    outbox_max_bytes: int = _opt(
+        1 << 20,
+        "bytes of non-conflatable frames (joins, leaves, comments) a slow reader may "
+        "have pending before it is closed with 1013",
+    )
+    # timeouts
+    ping_interval: float = _opt(20.0, "seconds of silence before the server pings; 0 disables")
+    ping_timeout: float = _opt(20.0, "seconds to wait for the pong before closing")
+    drain_timeout: float = _opt(2.0, "seconds SIGTERM/SIGINT may take to announce leaves")
+    # operations
+    log_level: str = _opt("info", "debug, info, warning or error")
+    log_format: str = _opt("text", "text or json")
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> Config:
+        """Parse ``argv`` (flags) over ``env`` (``CPC_*`` variables) over the defaults."""
+        parser = argparse.ArgumentParser(prog="cpc-signaling serve", add_help=True)
+        add_arguments(parser)
+        return cls.from_namespace(parser.parse_args(argv), env)
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            given = getattr(ns, f.name, None)
+            if given is not None:
+                values[f.name] = given
+                continue
+            raw = env.get(env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f, raw)
+        return cls(**values)
+
+
+def env_name(name: str) -> str:
+    return "CPC_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(f: dataclasses.Field[Any]) -> type:
+    text = str(f.type)
+    for candidate in (bool, int, float, str):
+        if text.startswith(candidate.__name__):
+            return candidate
+    return str
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _base_type(f)
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return kind(raw)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; defaults are None so the environment can fill in."""
+    for f in dataclasses.fields(Config):
+        kind = _base_type(f)
+        text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})"
+        if kind is bool:
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
+        else:
+            parser.add_argument(flag_name(f.name), dest=f.name, type=kind, default=None, help=text)

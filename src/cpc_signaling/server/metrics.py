@@ -1,0 +1,87 @@
+"""Prometheus metrics, one registry per service (tests run several in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..protocol import MESSAGE_TYPES
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Live(Collector):
+    """Gauges read from the running state at scrape time: nothing to keep in sync."""
+
+    def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        self._read = read
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        for name, (doc, value) in self._read().items():
+            family = GaugeMetricFamily(f"cpc_{name}", doc)
+            family.add_metric([], value)
+            yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.connections_total = Counter(
+            "cpc_connections_opened", "WebSocket connections accepted", registry=r
+        )
+        self.messages_in = Counter(
+            "cpc_messages_in", "valid messages received, by type", ["type"], registry=r
+        )
+        self.messages_out = Counter(
+            "cpc_messages_out",
+            "frames sent, by type (snapshot = frames of join snapshots)",
+            ["type"],
+            registry=r,
+        )
+        self.bytes_in = Counter("cpc_bytes_in", "bytes of frames received", registry=r)
+        self.bytes_out = Counter("cpc_bytes_out", "bytes of frames sent", registry=r)
+        self.errors = Counter("cpc_errors", "Error messages sent, by code", ["code"], registry=r)
+        self.closes = Counter(
+            "cpc_closes", "connections closed by the server, by reason", ["reason"], registry=r
+        )
+        self.conflated = Counter(
+            "cpc_conflated", "presence frames replaced by a newer one for a slow reader", registry=r
+        )
+        self.backend_state_changes = Counter(
+            "cpc_backend_state_changes",
+            "backend readiness changes, by new state",
+            ["state"],
+            registry=r,
+        )
+        self.backend_ready = Gauge("cpc_backend_ready", "1 when the backend can serve", registry=r)
+        self.fanout_seconds = Histogram(
+            "cpc_fanout_seconds",
+            "time to apply one sequenced event and hand its frames to every local recipient",
+            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5),
+            registry=r,
+        )
+        self._in = {t.__name__: self.messages_in.labels(t.__name__) for t in MESSAGE_TYPES}
+        self._out: dict[str, Counter] = {}
+
+    def count_in(self, kind: str) -> None:
+        child = self._in.get(kind)
+        if child is not None:
+            child.inc()
+
+    def count_out(self, kind: str, frames: int, nbytes: int) -> None:
+        child = self._out.get(kind)
+        if child is None:
+            child = self._out[kind] = self.messages_out.labels(kind)
+        child.inc(frames)
+        self.bytes_out.inc(nbytes)
+
+    def watch(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
+        """Register gauges computed at scrape time: {name: (help, value)}."""
+        self.registry.register(_Live(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,67 @@
+"""Process lifecycle: start, serve, drain on SIGTERM/SIGINT, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+from .service import Service
+
+log = logging.getLogger("cpc_signaling.server")
+
+
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return."""
+    service = Service(config)
+    await service.start()
+    app = create_app(service)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    host, port = _bound_address(runner, config)
+    mode = f"redis {config.redis_url}" if config.redis_url else "in-memory state"
+    log.info(
+        "cpc-signaling listening on ws://%s:%d/ws (instance %s, %s)",
+        host,
+        port,
+        service.instance_id,
+        mode,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: announcing leaves and closing connections (1001)")
+        await site.stop()  # stop accepting
+        await service.drain()
+        await service.close()
+        await runner.cleanup()
+        log.info("stopped")
+
+
+def _bound_address(runner: web.AppRunner, config: Config) -> tuple[str, int]:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return config.host, int(address[1])
+    return config.host, config.port
+
+
+def run(config: Config) -> None:
+    """Blocking entry point: uvloop when installed, then :func:`serve`."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

@@ -1,0 +1,246 @@
+"""The running service: hub, backend, codec and metrics, independent of the transport.
+
+A transport (the aiohttp server, the ASGI app) accepts a connection, wraps it
+in a :class:`Peer`, and calls :meth:`Service.open`, :meth:`Service.on_frame`
+for each text frame and :meth:`Service.on_close` once at the end. Everything
+else (routing, snapshots, errors, the error budget, attaching documents to the
+backend) happens here, so every transport behaves the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+from ..backends import Backend, MemoryBackend, create_backend
+from ..core import Connection, ErrorBudget, Event, Hub, Joined, Limits, Send
+from ..protocol import Decoder, Error, ErrorCode, ProtocolError, encode
+from .config import Config
+from .metrics import Metrics
+
+log = logging.getLogger("cpc_signaling.server")
+
+
+class Peer(Protocol):
+    """How the service reaches one connection; implemented by each transport."""
+
+    def deliver(self, send: Send[Peer]) -> None:
+        """Queue or write ``send.frames``; never blocks, never raises."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing the connection with ``code``; never blocks."""
+
+
+class Service:
+    def __init__(
+        self, config: Config, *, backend: Backend | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self.config = config
+        self.instance_id = config.instance_id or uuid.uuid4().hex[:12]
+        if backend is None:
+            backend = create_backend(config.redis_url, config=config, instance_id=self.instance_id)
+        self.backend = backend
+        limits = Limits(
+            max_documents_per_connection=config.max_documents_per_connection,
+            max_members_per_document=config.max_members_per_document,
+            max_stored_per_document=config.max_stored_per_document,
+            max_documents=config.max_documents,
+        )
+        self.hub: Hub[Peer] = Hub(
+            instance_id=self.instance_id,
+            limits=limits,
+            retain_idle=isinstance(backend, MemoryBackend),
+        )
+        self.decoder = Decoder(max_content_chars=config.max_content_chars)
+        self.metrics = metrics or Metrics()
+        self.draining = False
+        self._attached: dict[str, asyncio.Future[None]] = {}
+        self._budgets: dict[str, ErrorBudget] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.metrics.watch(self._live_metrics)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.backend.start(self._on_event)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.backend.ready
+
+    async def drain(self) -> None:
+        """Stop serving: every local connection leaves every document, as if it had said so."""
+        self.draining = True
+        conns = list(self.hub.connections.values())
+        for conn in conns:
+            for doc_id, event in self.hub.disconnect(conn):
+                self._submit(doc_id, event)
+        for conn in conns:
+            conn.peer.close(1001, "server shutting down")
+        log.info("drained %d connections", len(conns))
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
+        await self.backend.close()
+
+    # -- connections ---------------------------------------------------------
+
+    def open(
+        self,
+        peer: Peer,
+        *,
+        user_id: str | None = None,
+        allowed_documents: frozenset[str] | None = None,
+    ) -> Connection[Peer]:
+        conn = self.hub.connect(peer, user_id=user_id, allowed_documents=allowed_documents)
+        self.metrics.connections_total.inc()
+        log.debug("connection %s opened (user %s)", conn.id, user_id or "unbound")
+        return conn
+
+    def on_close(self, conn: Connection[Peer]) -> None:
+        """The connection is gone (closed, failed or timed out): it leaves everything."""
+        events = self.hub.disconnect(conn)
+        self._budgets.pop(conn.id, None)
+        for doc_id, event in events:
+            self._submit(doc_id, event)
+        log.debug("connection %s closed (user %s)", conn.id, conn.user_id)
+
+    def on_frame(self, conn: Connection[Peer], data: bytes | str) -> Awaitable[None] | None:
+        """Handle one text frame. Returns an awaitable only when a join must wait for
+        the backend; the transport awaits it before reading the next frame."""
+        self.metrics.bytes_in.inc(len(data))
+        try:
+            message = self.decoder.decode_document_message(data)
+            doc_id, event = self.hub.receive(conn, message)
+        except ProtocolError as exc:
+            self.reject(conn, exc)
+            return None
+        self.metrics.count_in(type(message).__name__)
+        if type(event) is Joined:
+            attached = self._attached.get(doc_id)
+            if attached is None or not attached.done():
+                return self._attach_then_join(conn, doc_id, event)
+        self._submit(doc_id, event)
+        return None
+
+    def reject(self, conn: Connection[Peer], exc: ProtocolError) -> None:
+        """Send ``exc`` as an Error; close with 1008 when the error budget is spent."""
+        self.send_error(conn, exc.code, exc.message)
+        budget = self._budgets.get(conn.id)
+        if budget is None:
+            budget = self._budgets[conn.id] = ErrorBudget(
+                self.config.error_limit, self.config.error_window
+            )
+        if budget.record(time.monotonic()):
+            log.info(
+                "connection %s (user %s) closed: more than %d errors in %ss",
+                conn.id,
+                conn.user_id,
+                self.config.error_limit,
+                self.config.error_window,
+            )
+            self.metrics.closes.labels("error_budget").inc()
+            conn.peer.close(1008, "too many errors")
+
+    def send_error(self, conn: Connection[Peer], code: str, message: str) -> None:
+        frame = encode(Error(code=code, message=message))
+        self.metrics.errors.labels(code).inc()
+        self._deliver(Send((conn.peer,), (frame,), "Error"))
+
+    # -- backend ---------------------------------------------------------------
+
+    async def _attach_then_join(self, conn: Connection[Peer], doc_id: str, event: Joined) -> None:
+        attached = self._attached.get(doc_id)
+        if attached is None:
+            attached = asyncio.get_running_loop().create_future()
+            self._attached[doc_id] = attached
+            try:
+                state = await self.backend.attach(doc_id)
+            except Exception as exc:  # the backend says why; the client gets a typed error
+                del self._attached[doc_id]
+                attached.set_exception(exc)
+                attached.exception()  # retrieved: others waiting get it through their await
+                log.warning("attach of document %s failed: %s", doc_id, exc)
+                self._join_failed(conn, doc_id)
+                return
+            if state is not None:
+                self.hub.install(state)
+            attached.set_result(None)
+        else:
+            try:
+                await attached
+            except Exception:
+                self._join_failed(conn, doc_id)
+                return
+        if doc_id in conn.joined and conn.id in self.hub.connections:
+            self._submit(doc_id, event)
+        else:
+            self._detach_released()
+
+    def _join_failed(self, conn: Connection[Peer], doc_id: str) -> None:
+        self.hub.cancel_join(conn, doc_id)
+        self.send_error(conn, ErrorCode.CONNECTION_ERROR, f"cannot join {doc_id} now; retry")
+        self._detach_released()
+
+    def _submit(self, doc_id: str, event: Event) -> None:
+        self.backend.submit(doc_id, event)
+        if self.hub.released:
+            self._detach_released()
+
+    def _on_event(self, doc_id: str, event: Event) -> None:
+        """The backend's sink: a sequenced event to apply and fan out locally."""
+        started = time.perf_counter()
+        for send in self.hub.apply(doc_id, event):
+            self._deliver(send)
+        self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+        if self.hub.released:
+            self._detach_released()
+
+    def _deliver(self, send: Send[Peer]) -> None:
+        for peer in send.peers:
+            peer.deliver(send)
+        count = len(send.peers)
+        self.metrics.count_out(
+            send.kind, count * len(send.frames), count * sum(map(len, send.frames))
+        )
+
+    def _detach_released(self) -> None:
+        """Detach documents no local connection holds any more (once their leaves applied)."""
+        hub = self.hub
+        for doc_id in list(hub.released):
+            if doc_id in hub.local_refs:
+                hub.released.discard(doc_id)  # joined again meanwhile
+            elif doc_id not in hub.local_members:
+                hub.released.discard(doc_id)
+                attached = self._attached.pop(doc_id, None)
+                if attached is not None:
+                    self.spawn(self._detach(doc_id))
+
+    async def _detach(self, doc_id: str) -> None:
+        try:
+            await self.backend.detach(doc_id)
+        finally:
+            self.hub.forget(doc_id)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` in the background, kept referenced until done (awaited on close)."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _live_metrics(self) -> dict[str, tuple[str, float]]:
+        hub = self.hub
+        return {
+            "connections": ("open WebSocket connections", len(hub.connections)),
+            "documents": ("documents held by this instance", len(hub.documents)),
+            "members": (
+                "local member connections over all documents",
+                sum(len(m) for m in hub.local_members.values()),
+            ),
+            "ready": ("1 when /readyz answers 200", 1.0 if self.ready else 0.0),
+        }

@@ -1,0 +1,130 @@
+"""Shared test helpers: real servers on loopback, in-process or as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from cpc_signaling.client import Client, Reconnected
+from cpc_signaling.protocol import Message
+from cpc_signaling.server import Config, Service, create_app
+
+# Timeouts are multiples of one unit; CPC_TEST_TIMEOUT_UNIT scales them on slow machines.
+UNIT = float(os.environ.get("CPC_TEST_TIMEOUT_UNIT", "1.0"))
+TIMEOUT = 5 * UNIT
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class RunningServer:
+    service: Service
+    runner: web.AppRunner
+    url: str
+    http: str
+
+    def client(self, user_id: str | None = None, **kwargs: Any) -> Client:
+        return Client(self.url, user_id or new_id(), **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
+    """An in-process server on a free port with ``Config`` overrides."""
+    config = replace(Config(port=0), **overrides)
+    service = Service(config)
+    await service.start()
+    runner = web.AppRunner(create_app(service), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield RunningServer(
+            service, runner, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}"
+        )
+    finally:
+        await service.drain()
+        await service.close()
+        await runner.cleanup()
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    url: str
+    http: str
+    lines: list[str]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+async def spawn_server(
+    args: Sequence[str] = (), env: dict[str, str] | None = None, timeout: float = 15.0
+) -> ServerProcess:
+    """``cpc-signaling serve --port 0 ARGS`` as a real subprocess; waits for its ws:// line."""
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+    )
+    lines: list[str] = []
+    loop = asyncio.get_running_loop()
+    assert proc.stdout is not None
+
+    def read_until_address() -> str:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            match = re.search(r"ws://[^\s]+", line)
+            if match:
+                return match.group(0)
+        raise RuntimeError("server exited before listening:\n" + "".join(lines))
+
+    url = await asyncio.wait_for(loop.run_in_executor(None, read_until_address), timeout)
+
+    def pump() -> None:  # keep the pipe drained; keep lines for assertions
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    loop.run_in_executor(None, pump)
+    http = url.replace("ws://", "http://").removesuffix("/ws")
+    return ServerProcess(proc, url, http, lines)
+
+
+async def receive_until(client: Client, predicate: Any, timeout: float = TIMEOUT) -> list[Message]:
+    """Receive messages until ``predicate(message)`` is true; returns all received."""
+    got: list[Message] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await client.receive()
+            assert not isinstance(message, Reconnected), "unexpected reconnect"
+            got.append(message)
+            if predicate(message):
+                return got
