@@ -237,11 +237,11 @@ class Client:
         if isinstance(message, Error):
             refused = self._join_for_error(message)
             if refused is not None:
-                doc, join = refused
+                doc, refused_join = refused
                 del self._joins[doc]
                 self.documents.discard(doc)
-                if not join.future.done():
-                    join.future.set_exception(JoinError(message))
+                if not refused_join.future.done():
+                    refused_join.future.set_exception(JoinError(message))
                 return
             await self._queue.put(message)
             return
