@@ -94,8 +94,8 @@ class Decoder:
         """Decode one frame. Raises :class:`ProtocolError` and nothing else."""
         try:
             outer = self._outer.decode(data)
-        except msgspec.DecodeError as exc:
-            text = str(exc)
+        except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: invalid UTF-8
+            text = str(exc) if isinstance(exc, msgspec.MsgspecError) else "invalid UTF-8"
             if text.startswith("Expected `object`, got"):
                 text = (
                     "a message must be a JSON object, got" + text[len("Expected `object`, got") :]
@@ -112,8 +112,10 @@ class Decoder:
             raise _parse_error(f"unknown message type `{name[:64]}`; expected one of {_TYPE_NAMES}")
         try:
             message = decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except msgspec.MsgspecError as exc:
             raise _parse_error(_describe(exc, name)) from None
+        except ValueError:
+            raise _parse_error(f"{name}: invalid UTF-8") from None
         if isinstance(message, Error):
             if self._accept_errors:
                 return message

@@ -1,0 +1,419 @@
+"""The core without an event loop: every rule of CONTRACT §4, as state transitions."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from cpc_signaling.core import Connection, Hub, Limits, Send
+from cpc_signaling.protocol import (
+    Annotation,
+    Comment,
+    CursorUpdate,
+    Decoder,
+    DocumentMessage,
+    Error,
+    ErrorCode,
+    JoinDocument,
+    LeaveDocument,
+    Message,
+    Position,
+    PresenceStatus,
+    PresenceUpdate,
+    ProtocolError,
+    Selection,
+    SelectionUpdate,
+    TypingIndicator,
+)
+
+DOC = "d0000000-0000-4000-8000-000000000000"
+DOC2 = "d0000000-0000-4000-8000-000000000002"
+ALICE = "a0000000-0000-4000-8000-000000000000"
+BOB = "b0000000-0000-4000-8000-000000000000"
+CAROL = "c0000000-0000-4000-8000-000000000000"
+TS = "2023-01-01T00:00:00Z"
+_decoder = Decoder(accept_errors=True)
+
+
+class World:
+    """A hub with the memory backend's behaviour: every event applied at once."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.hub: Hub[str] = Hub(instance_id="i", limits=limits)
+        self.inbox: dict[str, list[Message]] = {}
+        self.conns: dict[str, Connection[str]] = {}
+
+    def connect(self, name: str, user: str | None = None) -> Connection[str]:
+        conn = self.hub.connect(name, user_id=user)
+        self.conns[name] = conn
+        self.inbox[name] = []
+        return conn
+
+    def send(self, name: str, message: DocumentMessage) -> None:
+        doc, event = self.hub.receive(self.conns[name], message)
+        self._deliver(self.hub.apply(doc, event))
+
+    def close(self, name: str) -> None:
+        for doc, event in self.hub.disconnect(self.conns[name]):
+            self._deliver(self.hub.apply(doc, event))
+
+    def _deliver(self, sends: list[Send[str]]) -> None:
+        for send in sends:
+            for peer in send.peers:
+                self.inbox[peer].extend(_decoder.decode(f) for f in send.frames)
+
+    def take(self, name: str) -> list[Message]:
+        got, self.inbox[name] = self.inbox[name], []
+        return got
+
+
+def join(doc: str, user: str) -> JoinDocument:
+    return JoinDocument(document_id=doc, user_id=user)
+
+
+def leave(doc: str, user: str) -> LeaveDocument:
+    return LeaveDocument(document_id=doc, user_id=user)
+
+
+def cursor(doc: str, user: str, line: int, col: int = 0) -> CursorUpdate:
+    return CursorUpdate(
+        document_id=doc, user_id=user, position=Position(line=line, column=col), timestamp=TS
+    )
+
+
+def selection(doc: str, user: str, line: int) -> SelectionUpdate:
+    span = Selection(start=Position(line=line, column=0), end=Position(line=line, column=5))
+    return SelectionUpdate(document_id=doc, user_id=user, selection=span, timestamp=TS)
+
+
+def typing(doc: str, user: str, on: bool = True) -> TypingIndicator:
+    return TypingIndicator(document_id=doc, user_id=user, is_typing=on, timestamp=TS)
+
+
+def presence(doc: str, user: str, line: int) -> PresenceUpdate:
+    span = Selection(start=Position(line=line, column=0), end=Position(line=line, column=1))
+    return PresenceUpdate(
+        document_id=doc,
+        user_id=user,
+        cursor=Position(line=line, column=0),
+        selection=span,
+        is_typing=False,
+        timestamp=TS,
+    )
+
+
+def status(doc: str, user: str, value: str) -> PresenceStatus:
+    return PresenceStatus(document_id=doc, user_id=user, status=value, timestamp=TS)
+
+
+def comment(doc: str, user: str, text: str) -> Comment:
+    return Comment(
+        document_id=doc,
+        user_id=user,
+        position=Position(line=0, column=0),
+        content=text,
+        timestamp=TS,
+    )
+
+
+def annotation(doc: str, user: str, text: str) -> Annotation:
+    return Annotation(
+        document_id=doc,
+        user_id=user,
+        position=Position(line=1, column=2),
+        content=text,
+        timestamp=TS,
+    )
+
+
+def test_first_join_snapshot_is_just_the_ack() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    assert w.take("a") == [join(DOC, ALICE)]
+
+
+def test_snapshot_order_users_oldest_first_then_stored_then_ack() -> None:
+    w = World()
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.send("a", cursor(DOC, ALICE, 1))
+    w.send("b", status(DOC, BOB, "away"))
+    w.send("a", comment(DOC, ALICE, "first"))
+    w.send("b", annotation(DOC, BOB, "second"))
+    w.send("a", selection(DOC, ALICE, 2))
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert w.take("c") == [
+        join(DOC, ALICE),
+        cursor(DOC, ALICE, 1),
+        selection(DOC, ALICE, 2),
+        join(DOC, BOB),
+        status(DOC, BOB, "away"),
+        comment(DOC, ALICE, "first"),
+        annotation(DOC, BOB, "second"),
+        join(DOC, CAROL),
+    ]
+
+
+def test_presence_latest_per_kind_in_receive_order() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    w.send("a", cursor(DOC, ALICE, 1))
+    w.send("a", typing(DOC, ALICE, True))
+    w.send("a", cursor(DOC, ALICE, 7))
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    assert w.take("b") == [
+        join(DOC, ALICE),
+        typing(DOC, ALICE, True),
+        cursor(DOC, ALICE, 7),
+        join(DOC, BOB),
+    ]
+
+
+def test_presence_update_supersedes_cursor_selection_typing_not_status() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    w.send("a", status(DOC, ALICE, "busy"))
+    w.send("a", cursor(DOC, ALICE, 1))
+    w.send("a", selection(DOC, ALICE, 1))
+    w.send("a", typing(DOC, ALICE))
+    w.send("a", presence(DOC, ALICE, 9))
+    w.send("a", cursor(DOC, ALICE, 10))
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    assert w.take("b") == [
+        join(DOC, ALICE),
+        status(DOC, ALICE, "busy"),
+        presence(DOC, ALICE, 9),
+        cursor(DOC, ALICE, 10),
+        join(DOC, BOB),
+    ]
+
+
+def test_relay_reaches_every_other_member_connection_never_the_sender() -> None:
+    w = World()
+    for name, user in (("a1", ALICE), ("a2", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    for name in w.inbox:
+        w.take(name)
+    w.send("a1", cursor(DOC, ALICE, 3))
+    assert w.take("a1") == []
+    assert w.take("a2") == [cursor(DOC, ALICE, 3)]  # the same user's other tab gets it
+    assert w.take("b") == [cursor(DOC, ALICE, 3)]
+
+
+def test_per_sender_order_kept() -> None:
+    w = World()
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.take("b")
+    for line in range(50):
+        w.send("a", cursor(DOC, ALICE, line))
+    assert w.take("b") == [cursor(DOC, ALICE, line) for line in range(50)]
+
+
+def test_multi_connection_user_announced_once_and_leaves_once() -> None:
+    w = World()
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    w.take("b")
+    w.connect("a1")
+    w.send("a1", join(DOC, ALICE))
+    w.connect("a2")
+    w.send("a2", join(DOC, ALICE))
+    a2_snapshot = w.take("a2")
+    # The joiner's own user is excluded from its snapshot even with another tab present.
+    assert a2_snapshot == [join(DOC, BOB), join(DOC, ALICE)]
+    assert w.take("b") == [join(DOC, ALICE)]  # once, not twice
+    assert w.take("a1") == [join(DOC, BOB), join(DOC, ALICE)]  # its snapshot, no second join
+    w.send("a1", leave(DOC, ALICE))
+    assert w.take("a1") == [leave(DOC, ALICE)]  # the acknowledgement
+    assert w.take("b") == []  # Alice is still here through a2
+    w.close("a2")
+    assert w.take("b") == [leave(DOC, ALICE)]
+    assert w.hub.present_users(DOC) == [BOB]
+
+
+def test_leave_removes_presence_but_keeps_annotations_and_comments() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    w.send("a", cursor(DOC, ALICE, 4))
+    w.send("a", comment(DOC, ALICE, "stays"))
+    w.send("a", leave(DOC, ALICE))
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    assert w.take("b") == [comment(DOC, ALICE, "stays"), join(DOC, BOB)]
+
+
+def test_disconnect_is_a_leave_of_every_document() -> None:
+    w = World()
+    w.connect("a")
+    w.connect("b")
+    for doc in (DOC, DOC2):
+        w.send("a", join(doc, ALICE))
+        w.send("b", join(doc, BOB))
+    w.take("b")
+    w.close("a")
+    assert sorted(m.document_id for m in w.take("b") if isinstance(m, LeaveDocument)) == sorted(
+        [DOC, DOC2]
+    )
+    assert w.hub.present_users(DOC) == [BOB] == w.hub.present_users(DOC2)
+
+
+def test_repeated_join_resends_snapshot_and_tells_nobody() -> None:
+    w = World()
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.send("a", cursor(DOC, ALICE, 2))
+    w.take("a")
+    w.take("b")
+    w.send("b", join(DOC, BOB))
+    assert w.take("b") == [join(DOC, ALICE), cursor(DOC, ALICE, 2), join(DOC, BOB)]
+    assert w.take("a") == []
+
+
+def test_message_for_unjoined_document_is_document_error_and_changes_nothing() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    with pytest.raises(ProtocolError) as info:
+        w.send("a", cursor(DOC2, ALICE, 1))
+    assert info.value.code == ErrorCode.DOCUMENT_ERROR
+    with pytest.raises(ProtocolError) as info:
+        w.send("a", leave(DOC2, ALICE))
+    assert info.value.code == ErrorCode.DOCUMENT_ERROR
+    assert DOC2 not in w.hub.documents
+
+
+def test_unbound_connection_must_join_first() -> None:
+    w = World()
+    w.connect("a")
+    with pytest.raises(ProtocolError) as info:
+        w.send("a", cursor(DOC, ALICE, 1))
+    assert info.value.code == ErrorCode.DOCUMENT_ERROR
+    assert w.conns["a"].user_id is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: join(DOC2, BOB),
+        lambda: leave(DOC, BOB),
+        lambda: cursor(DOC, BOB, 1),
+        lambda: selection(DOC, BOB, 1),
+        lambda: typing(DOC, BOB),
+        lambda: presence(DOC, BOB, 1),
+        lambda: status(DOC, BOB, "away"),
+        lambda: comment(DOC, BOB, "x"),
+        lambda: annotation(DOC, BOB, "x"),
+    ],
+)
+def test_nobody_speaks_for_someone_else(make: object) -> None:
+    w = World()
+    w.connect("a")
+    w.connect("b")
+    w.send("a", join(DOC, ALICE))
+    w.send("b", join(DOC, BOB))
+    w.take("b")
+    before = msgspec.json.encode(sorted(w.hub.documents[DOC].conns.items()))
+    with pytest.raises(ProtocolError) as info:
+        w.send("a", make())  # type: ignore[operator]
+    assert info.value.code == ErrorCode.AUTH_ERROR
+    assert w.take("b") == []
+    assert msgspec.json.encode(sorted(w.hub.documents[DOC].conns.items())) == before
+
+
+def test_token_bound_user_and_documents_claim() -> None:
+    hub: Hub[str] = Hub(instance_id="i")
+    conn = hub.connect("a", user_id=ALICE, allowed_documents=frozenset({DOC}))
+    hub.apply(*hub.receive(conn, join(DOC, ALICE)))
+    with pytest.raises(ProtocolError) as info:
+        hub.receive(conn, join(DOC2, ALICE))
+    assert info.value.code == ErrorCode.AUTH_ERROR
+    assert conn.joined == {DOC}
+
+
+def test_documents_per_connection_limit() -> None:
+    w = World(Limits(max_documents_per_connection=2))
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    w.send("a", join(DOC2, ALICE))
+    third = "e0000000-0000-4000-8000-000000000000"
+    with pytest.raises(ProtocolError) as info:
+        w.send("a", join(third, ALICE))
+    assert info.value.code == ErrorCode.DOCUMENT_ERROR
+    assert third in info.value.message
+    w.send("a", join(DOC, ALICE))  # re-joining a held document is fine
+
+
+def test_full_document_refuses_with_document_error() -> None:
+    w = World(Limits(max_members_per_document=2))
+    for name, user in (("a", ALICE), ("b", BOB), ("c", CAROL)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    assert w.take("c") == [
+        Error(code=ErrorCode.DOCUMENT_ERROR, message=f"document {DOC} is full (2 members)")
+    ]
+    assert w.hub.present_users(DOC) == [ALICE, BOB]
+    assert DOC not in w.conns["c"].joined
+    assert join(DOC, CAROL) not in w.take("a")
+    with pytest.raises(ProtocolError):
+        w.send("c", cursor(DOC, CAROL, 1))
+
+
+def test_stored_messages_bounded_oldest_dropped() -> None:
+    w = World(Limits(max_stored_per_document=3))
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    for i in range(5):
+        w.send("a", comment(DOC, ALICE, f"c{i}"))
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    got = w.take("b")
+    assert [m.content for m in got if isinstance(m, Comment)] == ["c2", "c3", "c4"]
+
+
+def test_idle_documents_bounded_least_recently_active_dropped() -> None:
+    w = World(Limits(max_documents=2))
+    w.connect("a")
+    docs = [f"d0000000-0000-4000-8000-00000000001{i}" for i in range(3)]
+    for doc in docs:
+        w.send("a", join(doc, ALICE))
+        w.send("a", comment(doc, ALICE, doc))
+        w.send("a", leave(doc, ALICE))
+    assert set(w.hub.documents) == set(docs[1:])
+    w.send("a", join(docs[0], ALICE))
+    assert w.take("a")[-1] == join(docs[0], ALICE)
+
+
+def test_documents_without_members_or_messages_are_forgotten() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    w.send("a", cursor(DOC, ALICE, 1))
+    w.close("a")
+    assert w.hub.documents == {}
+    assert w.hub.local_members == {}
+    assert w.hub.connections == {}
+
+
+def test_server_published_comment_is_stored_and_relayed_to_all() -> None:
+    w = World()
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    w.take("a")
+    msg = comment(DOC, BOB, "from the API")
+    w._deliver(w.hub.apply(*w.hub.publish(msg)))
+    assert w.take("a") == [msg]
+    w.connect("b")
+    w.send("b", join(DOC, CAROL))
+    assert msg in w.take("b")
