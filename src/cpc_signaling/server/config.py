@@ -57,6 +57,27 @@ class Config:
         "bytes of non-conflatable frames (joins, leaves, comments) a slow reader may "
         "have pending before it is closed with 1013",
     )
+    # security (docs/security.md)
+    jwt_secret: str | None = _opt(
+        None, "HS256 secret: connections must present a JWT (default: open, no authentication)"
+    )
+    jwt_public_key: str | None = _opt(
+        None, "PEM file of an RSA (RS256) or EC (ES256) public key verifying client JWTs"
+    )
+    jwt_audience: str | None = _opt(None, "required `aud` claim of client JWTs")
+    jwt_issuer: str | None = _opt(None, "required `iss` claim of client JWTs")
+    jwt_leeway: float = _opt(0.0, "seconds of clock skew allowed on `exp`/`nbf`")
+    allowed_origins: str = _opt(
+        "*", "comma list of browser origins allowed to connect (scheme://host[:port]) or *"
+    )
+    rate_limit: float = _opt(200.0, "messages per second one connection may send; 0 disables")
+    rate_burst: int = _opt(400, "messages one connection may send at once above --rate-limit")
+    max_connections: int = _opt(10_000, "WebSocket connections this process serves; 0: no cap")
+    max_connections_per_user: int = _opt(
+        100, "connections one user_id may hold on this process; 0: no cap"
+    )
+    tls_cert: str | None = _opt(None, "PEM certificate chain: serve wss:// and https://")
+    tls_key: str | None = _opt(None, "PEM private key of --tls-cert")
     # timeouts
     ping_interval: float = _opt(20.0, "seconds of silence before the server pings; 0 disables")
     ping_timeout: float = _opt(20.0, "seconds to wait for the pong before closing")
