@@ -78,7 +78,11 @@ def bodies() -> dict[str, st.SearchStrategy[dict[str, Any]]]:
     }
 
 
-valid_frames = st.one_of(*[body.map(lambda b, n=name: {n: b}) for name, body in bodies().items()])
+def _tagged(name: str, body: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[Any]:
+    return body.map(lambda b: {name: b})
+
+
+valid_frames = st.one_of(*[_tagged(name, body) for name, body in bodies().items()])
 
 
 @given(valid_frames)
