@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from .server.config import Config, add_arguments
 from .server.logs import setup_logging
+from .tokens import add_token_arguments, token_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,7 +16,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the signaling server")
     add_arguments(serve_parser)
+    token_parser = commands.add_parser(
+        "token", help="mint a development JWT from the configured secret or private key"
+    )
+    add_token_arguments(token_parser)
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return token_command(args)
     if args.command == "serve":
         config = Config.from_namespace(args)
         setup_logging(config.log_level, config.log_format)

@@ -7,8 +7,13 @@ optionally ``docs`` (document_ids the holder may join), ``aud`` and ``iss``.
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
+import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -52,3 +57,66 @@ def mint_token(
             return jwt.encode(claims, key, algorithm=_EC_ALGORITHMS[key.curve.name])
         raise ValueError("the private key must be RSA or EC (P-256, P-384, P-521)")
     raise ValueError("a secret (--jwt-secret) or a private key (--jwt-private-key) is needed")
+
+
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """``cpc-signaling token``: flags default to the server's ``CPC_JWT_*`` variables."""
+    env = os.environ.get
+    parser.add_argument(
+        "--jwt-secret",
+        default=env("CPC_JWT_SECRET") or None,
+        help="HS256 secret the server verifies with (env CPC_JWT_SECRET)",
+    )
+    parser.add_argument(
+        "--jwt-private-key",
+        default=env("CPC_JWT_PRIVATE_KEY") or None,
+        help="PEM file of the RSA/EC private key matching the server's --jwt-public-key",
+    )
+    parser.add_argument(
+        "--sub", default=None, help="the user_id (a UUID; default: a new random one)"
+    )
+    parser.add_argument(
+        "--docs",
+        default=None,
+        help="comma list of document_ids the token may join (default: any)",
+    )
+    parser.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until the token expires (default 3600)"
+    )
+    parser.add_argument(
+        "--audience",
+        default=env("CPC_JWT_AUDIENCE") or None,
+        help="`aud` claim (env CPC_JWT_AUDIENCE)",
+    )
+    parser.add_argument(
+        "--issuer", default=env("CPC_JWT_ISSUER") or None, help="`iss` claim (env CPC_JWT_ISSUER)"
+    )
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """Print a token on stdout (and the user_id on stderr when it was generated)."""
+    sub = args.sub
+    if sub is None:
+        sub = str(uuid.uuid4())
+        print(f"sub (user_id): {sub}", file=sys.stderr)
+    else:
+        sub = str(uuid.UUID(sub))
+    docs = None
+    if args.docs is not None:
+        docs = [str(uuid.UUID(d.strip())) for d in args.docs.split(",") if d.strip()]
+    pem = Path(args.jwt_private_key).read_bytes() if args.jwt_private_key else None
+    try:
+        token = mint_token(
+            sub=sub,
+            secret=args.jwt_secret,
+            private_key_pem=pem,
+            ttl=args.ttl,
+            docs=docs,
+            audience=args.audience,
+            issuer=args.issuer,
+        )
+    except ValueError as exc:
+        print(f"cpc-signaling token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0

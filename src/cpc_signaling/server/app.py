@@ -12,10 +12,11 @@ import asyncio
 import logging
 import struct
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
 from ..core import Connection, Send
 from ..protocol import ErrorCode, ProtocolError
+from .auth import bearer_token
 from .metrics import CONTENT_TYPE
 from .outbox import Outbox
 from .service import Peer, Service
@@ -121,6 +122,10 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     if service.draining:
         raise web.HTTPServiceUnavailable(text="shutting down")
+    if not service.guard.origin_allowed(request.headers.get(hdrs.ORIGIN)):
+        # A browser page from another site: refused before the upgrade (docs/security.md).
+        raise web.HTTPForbidden(text="origin not allowed\n")
+    token = bearer_token(request.query.get("token"), request.headers.get(hdrs.AUTHORIZATION))
     config = service.config
     ws = web.WebSocketResponse(
         max_msg_size=config.max_message_bytes,
@@ -133,7 +138,12 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         ws._pong_heartbeat = config.ping_timeout
     await ws.prepare(request)
     peer = WsPeer(ws, request, service)
-    conn: Connection[Peer] = service.open(peer)
+    admitted = service.admit(peer, token)
+    if admitted is None:  # refused: the Error is sent and the close started
+        async for _ in ws:
+            pass
+        return ws
+    conn: Connection[Peer] = admitted
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:

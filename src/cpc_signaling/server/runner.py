@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
@@ -19,16 +20,18 @@ log = logging.getLogger("cpc_signaling.server")
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), then drain and return."""
     service = Service(config)
+    _log_security(service)  # first: says "running OPEN" when there is no key
     await service.start()
     app = create_app(service)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
     await site.start()
     host, port = _bound_address(runner, config)
     mode = f"redis {config.redis_url}" if config.redis_url else "in-memory state"
     log.info(
-        "cpc-signaling listening on ws://%s:%d/ws (instance %s, %s)",
+        "cpc-signaling listening on %s://%s:%d/ws (instance %s, %s)",
+        "wss" if config.tls_cert else "ws",
         host,
         port,
         service.instance_id,
@@ -48,6 +51,28 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         await service.close()
         await runner.cleanup()
         log.info("stopped")
+
+
+def _log_security(service: Service) -> None:
+    guard = service.guard
+    if guard.auth.enabled:
+        log.info("%s; %s", guard.auth.describe(), guard.origins.describe())
+        if guard.auth.weak_secret:
+            log.warning("--jwt-secret is shorter than 32 bytes: tokens can be brute-forced")
+    else:
+        log.warning("%s; %s", guard.auth.describe(), guard.origins.describe())
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server TLS context of ``--tls-cert``/``--tls-key`` (None: plain ws:// and http://)."""
+    if not config.tls_cert and not config.tls_key:
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
 
 
 def _bound_address(runner: web.AppRunner, config: Config) -> tuple[str, int]:

@@ -20,6 +20,7 @@ from ..backends import Backend, MemoryBackend, create_backend
 from ..core import Connection, ErrorBudget, Event, Hub, Joined, Limits, Send
 from ..protocol import Decoder, Error, ErrorCode, ProtocolError, encode
 from .config import Config
+from .guard import Guard, Refusal, Verdict
 from .metrics import Metrics
 
 log = logging.getLogger("cpc_signaling.server")
@@ -61,6 +62,7 @@ class Service:
         self._attached: dict[str, asyncio.Future[None]] = {}
         self._budgets: dict[str, ErrorBudget] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.guard = Guard(config, self.metrics)  # auth, caps, rate limits, token expiry
         self.metrics.watch(self._live_metrics)
 
     # -- lifecycle ---------------------------------------------------------
@@ -102,10 +104,43 @@ class Service:
         log.debug("connection %s opened (user %s)", conn.id, user_id or "unbound")
         return conn
 
+    def admit(self, peer: Peer, token: str | None) -> Connection[Peer] | None:
+        """Open a connection for a handshake that presented ``token`` (None: no token).
+
+        Refused (bad token, a cap reached): ``peer`` is sent the Error and closed
+        (1008 or 1013), and None is returned: the transport only waits for the close.
+        """
+        verdict = self.guard.admit(token, len(self.hub.connections))
+        if isinstance(verdict, Refusal):
+            frame = encode(Error(code=verdict.code, message=verdict.message))
+            self.metrics.errors.labels(verdict.code).inc()
+            peer.deliver(Send((peer,), (frame,), "Error"))
+            self.metrics.closes.labels(verdict.reason).inc()
+            peer.close(verdict.close_code, verdict.message[:100])
+            return None
+        if verdict is None:
+            conn = self.open(peer)
+        else:
+            conn = self.open(
+                peer, user_id=verdict.user_id, allowed_documents=verdict.allowed_documents
+            )
+        self.guard.attach(conn.id, verdict, lambda: self._expire(conn))
+        return conn
+
+    def _expire(self, conn: Connection[Peer]) -> None:
+        """The connection's token expired while it was open: AUTH_ERROR, then 1008."""
+        if self.hub.connections.get(conn.id) is not conn:
+            return
+        log.info("connection %s (user %s): token expired, closing", conn.id, conn.user_id)
+        self.send_error(conn, ErrorCode.AUTH_ERROR, "token expired")
+        self.metrics.closes.labels("token_expired").inc()
+        conn.peer.close(1008, "token expired")
+
     def on_close(self, conn: Connection[Peer]) -> None:
         """The connection is gone (closed, failed or timed out): it leaves everything."""
         events = self.hub.disconnect(conn)
         self._budgets.pop(conn.id, None)
+        self.guard.forget(conn.id)
         for doc_id, event in events:
             self._submit(doc_id, event)
         log.debug("connection %s closed (user %s)", conn.id, conn.user_id)
@@ -114,6 +149,16 @@ class Service:
         """Handle one text frame. Returns an awaitable only when a join must wait for
         the backend; the transport awaits it before reading the next frame."""
         self.metrics.bytes_in.inc(len(data))
+        verdict = self.guard.check_rate(conn.id)
+        if verdict:  # over --rate-limit: dropped, the sender told at most once a second
+            if verdict is Verdict.DROP_NOTIFY:
+                self.send_error(
+                    conn,
+                    ErrorCode.CONNECTION_ERROR,
+                    f"rate limited: more than {self.config.rate_limit:g} messages/s; "
+                    "messages are being dropped",
+                )
+            return None
         try:
             message = self.decoder.decode_document_message(data)
             doc_id, event = self.hub.receive(conn, message)
