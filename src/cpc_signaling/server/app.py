@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, hdrs, web
 
 from ..core import Connection, Send
 from ..protocol import ErrorCode, ProtocolError
+from .api import add_routes as add_api_routes
 from .auth import bearer_token
 from .metrics import CONTENT_TYPE
 from .outbox import Outbox
@@ -189,4 +190,5 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    add_api_routes(app, service)  # the HTTP API: 404 unless --api-key is set
     return app

@@ -85,6 +85,11 @@ class Config:
     # operations
     log_level: str = _opt("info", "debug, info, warning or error")
     log_format: str = _opt("text", "text or json")
+    api_key: str | None = _opt(
+        None,
+        "enables the HTTP API under /api/ (publish, presence, disconnect) for callers "
+        "that send 'Authorization: Bearer KEY'; without a key the API is off (404)",
+    )
 
     @classmethod
     def from_args(

@@ -58,6 +58,23 @@ class Metrics:
             registry=r,
         )
         self.backend_ready = Gauge("cpc_backend_ready", "1 when the backend can serve", registry=r)
+        self.api_requests = Counter(
+            "cpc_api_requests",
+            "HTTP API requests, by route and status code",
+            ["route", "status"],
+            registry=r,
+        )
+        self.api_published = Counter(
+            "cpc_api_published",
+            "Annotations and Comments published by the server-side API, by type",
+            ["type"],
+            registry=r,
+        )
+        self.control_connected = Gauge(
+            "cpc_control_connected",
+            "1 while the Redis control channel (cross-instance disconnect) is subscribed",
+            registry=r,
+        )
         self.fanout_seconds = Histogram(
             "cpc_fanout_seconds",
             "time to apply one sequenced event and hand its frames to every local recipient",

@@ -11,19 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from ..backends import Backend, MemoryBackend, create_backend
 from ..core import Connection, ErrorBudget, Event, Hub, Joined, Limits, Send
-from ..protocol import Decoder, Error, ErrorCode, ProtocolError, encode
+from ..protocol import (
+    Annotation,
+    Comment,
+    Decoder,
+    Error,
+    ErrorCode,
+    PresenceMessage,
+    ProtocolError,
+    encode,
+)
+from ..protocol.messages import UUID_PATTERN
 from .config import Config
 from .guard import Guard, Refusal, Verdict
 from .metrics import Metrics
 
 log = logging.getLogger("cpc_signaling.server")
+_UUID = re.compile(UUID_PATTERN)
 
 
 class Peer(Protocol):
@@ -34,6 +47,26 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the connection with ``code``; never blocks."""
+
+
+def canonical_uuid(value: str) -> str:
+    """``value`` as a canonical UUID string (lowercase, hyphenated); ValueError if not one."""
+    if _UUID.match(value) is None:
+        raise ValueError(f"not a UUID: {value[:64]!r}")
+    return value.lower()
+
+
+class Unavailable(Exception):
+    """The service cannot act now (draining, or its backend is not ready)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresentUser:
+    """A user present in a document, as :meth:`Service.presence` reports it."""
+
+    user_id: str
+    connections: int  # member connections of this user in the document, all instances
+    presence: tuple[PresenceMessage, ...]  # the messages in force, in the order received
 
 
 class Service:
@@ -64,11 +97,18 @@ class Service:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.guard = Guard(config, self.metrics)  # auth, caps, rate limits, token expiry
         self.metrics.watch(self._live_metrics)
+        # Cross-instance "disconnect user X" (server/control.py); only with Redis.
+        self.control: Any = None
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         await self.backend.start(self._on_event)
+        if self.config.redis_url:
+            from .control import ControlChannel
+
+            self.control = ControlChannel(self)
+            await self.control.start()
 
     @property
     def ready(self) -> bool:
@@ -88,6 +128,8 @@ class Service:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
+        if self.control is not None:
+            await self.control.close()
         await self.backend.close()
 
     # -- connections ---------------------------------------------------------
@@ -197,6 +239,81 @@ class Service:
         self.metrics.errors.labels(code).inc()
         self._deliver(Send((conn.peer,), (frame,), "Error"))
 
+    # -- server-side API (Python; the HTTP API in api.py wraps it) -----------------
+
+    def publish(self, message: Annotation | Comment) -> str:
+        """Post an Annotation or Comment as the server; returns its document id.
+
+        Validated like a client's message (ProtocolError), then sequenced through
+        the backend like any event: stored for later joiners and delivered to every
+        member on every instance. ``user_id`` is whoever the caller says: the API is
+        trusted. Raises :class:`Unavailable` while draining or the backend is down.
+        """
+        if type(message) not in (Annotation, Comment):
+            raise ProtocolError(
+                ErrorCode.PARSE_ERROR, "only Annotation or Comment can be published"
+            )
+        checked = self.decoder.decode_document_message(encode(message))
+        assert isinstance(checked, Annotation | Comment)
+        if not self.ready:
+            raise Unavailable(
+                "draining" if self.draining else f"backend {self.backend.name} not ready"
+            )
+        doc_id, event = self.hub.publish(checked)
+        self.metrics.api_published.labels(event.kind).inc()
+        log.info("published %s", event.kind, extra={"document_id": doc_id, "user_id": event.user})
+        self._submit(doc_id, event)
+        return doc_id
+
+    async def presence(self, document_id: str) -> list[PresentUser]:
+        """Users present in ``document_id``, oldest join first, with their presence in force.
+
+        With Redis this is the shared state (all instances), else this instance's replica.
+        """
+        doc_id = canonical_uuid(document_id)
+        state = None
+        load = getattr(self.backend, "load", None)
+        if load is not None and doc_id not in self.hub.local_members:
+            if not self.backend.ready:
+                raise Unavailable(f"backend {self.backend.name} not ready")
+            state = await load(doc_id)
+        if state is None:
+            state = self.hub.documents.get(doc_id)
+        if state is None:
+            return []
+        decode = self.decoder.decode
+        return [
+            PresentUser(
+                user.user_id,
+                len(user.conns),
+                tuple(cast(PresenceMessage, decode(frame)) for frame in user.presence.values()),
+            )
+            for user in state.users.values()
+        ]
+
+    async def disconnect(self, user_id: str, reason: str = "disconnected by the server") -> int:
+        """Close every connection of ``user_id`` (1008), on every instance; each leaves
+        its documents at once. Returns how many connections this instance closed.
+
+        It does not ban: a client that reconnects with a valid token gets in again.
+        """
+        user_id = canonical_uuid(user_id)
+        closed = self.disconnect_local(user_id, reason)
+        if self.control is not None:
+            await self.control.broadcast_disconnect(user_id, reason)
+        return closed
+
+    def disconnect_local(self, user_id: str, reason: str) -> int:
+        conns = [c for c in self.hub.connections.values() if c.user_id == user_id]
+        for conn in conns:
+            for doc_id, event in self.hub.disconnect(conn):
+                self._submit(doc_id, event)
+            conn.peer.close(1008, reason)
+            self.metrics.closes.labels("api_disconnect").inc()
+        if conns:
+            log.info("disconnected %d connection(s)", len(conns), extra={"user_id": user_id})
+        return len(conns)
+
     # -- backend ---------------------------------------------------------------
 
     async def _attach_then_join(self, conn: Connection[Peer], doc_id: str, event: Joined) -> None:
@@ -288,4 +405,25 @@ class Service:
                 sum(len(m) for m in hub.local_members.values()),
             ),
             "ready": ("1 when /readyz answers 200", 1.0 if self.ready else 0.0),
+            **_outbox_gauges(hub.connections.values()),
         }
+
+
+def _outbox_gauges(conns: Iterable[Connection[Peer]]) -> dict[str, tuple[str, float]]:
+    """Queue depths: frames waiting in per-connection outboxes (each transport's peer
+    keeps its :class:`~.outbox.Outbox` as ``_outbox``)."""
+    frames = firm = waiting = 0
+    for conn in conns:
+        outbox = getattr(conn.peer, "_outbox", None)
+        if outbox:
+            waiting += 1
+            frames += len(outbox)
+            firm += outbox.firm_bytes
+    return {
+        "outbox_frames": ("frames waiting in slow readers' outboxes", frames),
+        "outbox_firm_bytes": (
+            "bytes of non-droppable frames waiting in outboxes (closed past --outbox-max-bytes)",
+            firm,
+        ),
+        "slow_readers": ("connections with frames waiting in their outbox", waiting),
+    }
