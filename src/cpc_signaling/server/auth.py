@@ -35,7 +35,7 @@ _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES51
 # Shorter HMAC secrets are brute-forceable offline from any token (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
 # A token larger than this is not a token; it is refused before any parsing.
-MAX_TOKEN_CHARS = 8192
+MAX_TOKEN_CHARS = 4096
 
 
 class AuthError(Exception):
