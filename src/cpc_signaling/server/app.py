@@ -18,6 +18,7 @@ from ..core import Connection, Send
 from ..protocol import ErrorCode, ProtocolError
 from .api import add_routes as add_api_routes
 from .auth import bearer_token
+from .demo import add_routes as add_browser_routes
 from .metrics import CONTENT_TYPE
 from .outbox import Outbox
 from .service import Peer, Service
@@ -191,4 +192,5 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     add_api_routes(app, service)  # the HTTP API: 404 unless --api-key is set
+    add_browser_routes(app, demo=service.config.demo)  # /client.js; / unless --no-demo
     return app

@@ -85,6 +85,9 @@ class Config:
     # operations
     log_level: str = _opt("info", "debug, info, warning or error")
     log_format: str = _opt("text", "text or json")
+    demo: bool = _opt(
+        True, "serve the live demo page at / (the JS client at /client.js is always served)"
+    )
     api_key: str | None = _opt(
         None,
         "enables the HTTP API under /api/ (publish, presence, disconnect) for callers "
