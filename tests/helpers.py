@@ -32,9 +32,10 @@ def new_id() -> str:
 @dataclass
 class RunningServer:
     service: Service
-    runner: web.AppRunner
+    runner: web.AppRunner | None  # None for the ASGI app under uvicorn
     url: str
     http: str
+    kind: str = "aiohttp"  # or "asgi"
 
     def client(self, user_id: str | None = None, **kwargs: Any) -> Client:
         return Client(self.url, user_id or new_id(), **kwargs)
@@ -59,6 +60,55 @@ async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
         await service.drain()
         await service.close()
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
+    """The ASGI app (``cpc_signaling.asgi``) under uvicorn, in-process on a free port.
+
+    Same shape as :func:`running_server`; uvicorn gets the limits and pings the
+    aiohttp server takes from ``Config`` (``--ws-max-size``, ``--ws-ping-*``).
+    """
+    import socket
+
+    import uvicorn
+
+    from cpc_signaling.asgi import create_app as create_asgi_app
+
+    config = replace(Config(port=0), **overrides)
+    app = create_asgi_app(config)
+    uv_config = uvicorn.Config(
+        app,
+        ws="websockets-sansio",
+        ws_max_size=config.max_message_bytes,
+        ws_ping_interval=config.ping_interval or None,
+        ws_ping_timeout=config.ping_timeout or None,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    uv_config.load()
+    server = uvicorn.Server(uv_config)
+    # Server.serve() would install signal handlers; run its steps without them.
+    server.lifespan = uv_config.lifespan_class(uv_config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    await server.startup(sockets=[sock])
+    ticking = asyncio.create_task(server.main_loop())
+    try:
+        yield RunningServer(
+            app.service, None, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", "asgi"
+        )
+    finally:
+        await app.service.drain()  # 1001 to every client, as the standalone server does
+        server.should_exit = True
+        await ticking
+        await server.shutdown(sockets=[sock])
+
+
+SERVER_KINDS = {"aiohttp": running_server, "asgi": running_asgi_server}
 
 
 @dataclass

@@ -115,7 +115,10 @@ class AsgiPeer:
         if self.closing:
             return
         frames = send.frames
-        key = send.key if len(frames) == 1 else None
+        # Conflate only for a reader that is behind: the writer is blocked in the ASGI
+        # send (the socket buffer is full). Otherwise the frames queued while the writer
+        # waits for its turn on the loop are all written, as the aiohttp transport does.
+        key = send.key if self._sending and len(frames) == 1 else None
         push = self._outbox.push
         conflated = 0
         for frame in frames:
