@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from .base import Backend, Broker, EventSink, PresenceStore
-from .memory import MemoryBackend
+from .base import Backend, BackendHooks, Broker, EnvelopeSink, EventSink, PresenceStore
+from .memory import MemoryBackend, MemoryBroker, MemoryBus, MemoryPresenceStore
 
-__all__ = ["Backend", "Broker", "EventSink", "MemoryBackend", "PresenceStore", "create_backend"]
+__all__ = [
+    "Backend",
+    "BackendHooks",
+    "Broker",
+    "EnvelopeSink",
+    "EventSink",
+    "MemoryBackend",
+    "MemoryBroker",
+    "MemoryBus",
+    "MemoryPresenceStore",
+    "PresenceStore",
+    "create_backend",
+]
 
 
 def create_backend(url: str | None, **options: object) -> Backend:

@@ -21,29 +21,73 @@ lives in ``redis.py`` and is imported only when a ``redis://`` URL asks for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from ..core import DocumentState, Event
+
+if TYPE_CHECKING:
+    from ..server.metrics import Metrics
 
 EventSink = Callable[[str, Event], None]
 """Called with (document_id, event) for each sequenced event, in order."""
 
+EnvelopeSink = Callable[[str, int, str, Event], None]
+"""A broker's delivery: (document_id, seq, origin instance id, event)."""
+
+
+def _no_replica(document_id: str) -> DocumentState | None:
+    return None
+
+
+def _no_resync(state: DocumentState) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHooks:
+    """What a backend with shared state may ask of the service that runs it.
+
+    ``replica(doc)``: this instance's replica of a document (to re-register its
+    local members after an outage). ``resync(state)``: replace a replica with
+    one reloaded from the shared store, telling local members what changed
+    (``Hub.resync``). ``metrics``: where readiness changes and failures count.
+    """
+
+    replica: Callable[[str], DocumentState | None] = _no_replica
+    resync: Callable[[DocumentState], None] = _no_resync
+    metrics: Metrics | None = None
+
 
 class Broker(Protocol):
+    """Fan-out between instances. Envelopes of subscribed documents go, in the
+    order they were sequenced, to the callback the broker was built with."""
+
     async def subscribe(self, document_id: str) -> None:
-        """Start receiving ``document_id``'s events (reference-counted by the caller)."""
+        """Receive ``document_id``'s envelopes from now on (reference-counted).
+
+        Returns once the subscription is active: anything sequenced later arrives.
+        """
 
     async def unsubscribe(self, document_id: str) -> None:
-        """Stop receiving ``document_id``'s events."""
+        """Drop one reference; at zero, stop receiving ``document_id``'s envelopes."""
 
 
 class PresenceStore(Protocol):
-    def commit(self, document_id: str, event: Event) -> None:
-        """Sequence ``event`` and apply it to the shared state; fans out through the broker."""
+    """Shared state: members, presence in force, stored messages, sequence numbers."""
 
-    async def load(self, document_id: str) -> DocumentState | None:
-        """The shared state of a document (with its seq), or None where this instance holds it."""
+    async def commit(self, items: Sequence[tuple[str, Event]]) -> list[int]:
+        """Apply, number and publish each (document, event), in order; each atomically.
+
+        Returns the sequence numbers given.
+        """
+
+    async def load(self, document_id: str) -> DocumentState:
+        """The shared state of a document, with the seq of the last event in it."""
+
+    async def reap(self, instance_id: str) -> int:
+        """Commit a ``Left`` for every membership of a dead instance; returns how many."""
 
 
 class Backend(Protocol):
@@ -55,7 +99,7 @@ class Backend(Protocol):
     def ready(self) -> bool:
         """True while the backend can serve (Redis: connected and restored)."""
 
-    async def start(self, sink: EventSink) -> None:
+    async def start(self, sink: EventSink, hooks: BackendHooks | None = None) -> None:
         """Connect; from now on sequenced events go to ``sink``."""
 
     async def close(self) -> None:

@@ -215,6 +215,41 @@ class Hub(Generic[P]):
         self.documents[state.document_id] = state
         self._idle.pop(state.document_id, None)
 
+    def resync(self, state: DocumentState) -> list[Send[P]]:
+        """Install ``state`` (reloaded after an outage) over the local replica and tell
+        local members what changed meanwhile: a JoinDocument (and presence) for each
+        user that appeared, a LeaveDocument for each that vanished, and presence
+        messages that changed. Nobody is told about their own user."""
+        doc_id = state.document_id
+        old = self.documents.get(doc_id)
+        old_users = old.users if old is not None else {}
+        members = self.local_members.get(doc_id, {})
+        sends: list[Send[P]] = []
+
+        def others(user_id: str) -> list[P]:
+            return [
+                peer
+                for conn_id, peer in members.items()
+                if (c := self.connections.get(conn_id)) is not None and c.user_id != user_id
+            ]
+
+        for user_id in old_users:
+            if user_id not in state.users and (peers := others(user_id)):
+                sends.append(Send(peers, (state.leave_frame(user_id),), "LeaveDocument"))
+        for user_id, user in state.users.items():
+            before = old_users.get(user_id)
+            if before is None:
+                frames = [user.join_frame, *user.presence.values()]
+                kind = "JoinDocument"
+            else:
+                known = set(before.presence.values())
+                frames = [f for f in user.presence.values() if f not in known]
+                kind = "presence"
+            if frames and (peers := others(user_id)):
+                sends.append(Send(peers, frames, kind))
+        self.install(state)
+        return sends
+
     def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
         """Apply a sequenced event; return what local peers must be sent."""
         state = self.document(doc_id)

@@ -58,6 +58,18 @@ class Metrics:
             registry=r,
         )
         self.backend_ready = Gauge("cpc_backend_ready", "1 when the backend can serve", registry=r)
+        self.backend_failures = Counter(
+            "cpc_backend_failures",
+            "backend failures that forced a reconnect and resync, by reason "
+            "(connection, listener, listener_stalled)",
+            ["reason"],
+            registry=r,
+        )
+        self.backend_reaped = Counter(
+            "cpc_backend_reaped",
+            "memberships of dead instances announced as left by this instance",
+            registry=r,
+        )
         self.api_requests = Counter(
             "cpc_api_requests",
             "HTTP API requests, by route and status code",

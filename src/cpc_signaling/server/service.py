@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from ..backends import Backend, MemoryBackend, create_backend
-from ..core import Connection, ErrorBudget, Event, Hub, Joined, Limits, Send
+from ..backends import Backend, BackendHooks, MemoryBackend, create_backend
+from ..core import Connection, DocumentState, ErrorBudget, Event, Hub, Joined, Limits, Send
 from ..protocol import (
     Annotation,
     Comment,
@@ -103,7 +103,10 @@ class Service:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        await self.backend.start(self._on_event)
+        hooks = BackendHooks(
+            replica=self.hub.documents.get, resync=self._on_resync, metrics=self.metrics
+        )
+        await self.backend.start(self._on_event, hooks)
         if self.config.redis_url:
             from .control import ControlChannel
 
@@ -351,6 +354,13 @@ class Service:
 
     def _submit(self, doc_id: str, event: Event) -> None:
         self.backend.submit(doc_id, event)
+        if self.hub.released:
+            self._detach_released()
+
+    def _on_resync(self, state: DocumentState) -> None:
+        """The backend reloaded a document after an outage: reconcile local members."""
+        for send in self.hub.resync(state):
+            self._deliver(send)
         if self.hub.released:
             self._detach_released()
 

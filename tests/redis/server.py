@@ -1,0 +1,100 @@
+"""A private ``redis-server`` for tests: free port, no persistence, stopped at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+REDIS_SERVER = (
+    os.environ.get("CPC_TEST_REDIS_SERVER")
+    or shutil.which("redis-server")
+    or ("/usr/bin/redis-server")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """``redis-server --port P --save '' --appendonly no``; restartable on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        if not os.path.exists(REDIS_SERVER):
+            raise RuntimeError(
+                f"redis-server not found at {REDIS_SERVER}: the Redis tests need it "
+                "(`make test` installs it; or apt-get install redis-server)"
+            )
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="cpc-redis-")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self._dir,
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        """Stop it for good (SIGKILL: nothing survives, as after a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def command(self, *args: str) -> bytes:
+        """One command over a raw socket (RESP); returns the raw reply."""
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"".join(parts))
+            time.sleep(0.05)
+            return s.recv(1 << 20)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
