@@ -63,31 +63,21 @@ async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
 
 
 @contextlib.asynccontextmanager
-async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
-    """The ASGI app (``cpc_signaling.asgi``) under uvicorn, in-process on a free port.
-
-    Same shape as :func:`running_server`; uvicorn gets the limits and pings the
-    aiohttp server takes from ``Config`` (``--ws-max-size``, ``--ws-ping-*``).
-    """
+async def serving_uvicorn(app: Any, **options: Any) -> AsyncIterator[int]:
+    """Any ASGI ``app`` under uvicorn (websockets-sansio), in-process; yields its port."""
     import socket
 
     import uvicorn
 
-    from cpc_signaling.asgi import create_app as create_asgi_app
-
-    config = replace(Config(port=0), **overrides)
-    app = create_asgi_app(config)
-    uv_config = uvicorn.Config(
-        app,
-        ws="websockets-sansio",
-        ws_max_size=config.max_message_bytes,
-        ws_ping_interval=config.ping_interval or None,
-        ws_ping_timeout=config.ping_timeout or None,
-        lifespan="on",
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
+    settings: dict[str, Any] = {
+        "ws": "websockets-sansio",
+        "lifespan": "on",
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": 1,
+        **options,
+    }
+    uv_config = uvicorn.Config(app, **settings)
     uv_config.load()
     server = uvicorn.Server(uv_config)
     # Server.serve() would install signal handlers; run its steps without them.
@@ -98,14 +88,36 @@ async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     await server.startup(sockets=[sock])
     ticking = asyncio.create_task(server.main_loop())
     try:
-        yield RunningServer(
-            app.service, None, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", "asgi"
-        )
+        yield port
     finally:
-        await app.service.drain()  # 1001 to every client, as the standalone server does
         server.should_exit = True
         await ticking
         await server.shutdown(sockets=[sock])
+
+
+@contextlib.asynccontextmanager
+async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
+    """The ASGI app (``cpc_signaling.asgi``) under uvicorn, in-process on a free port.
+
+    Same shape as :func:`running_server`; uvicorn gets the limits and pings the
+    aiohttp server takes from ``Config`` (``--ws-max-size``, ``--ws-ping-*``).
+    """
+    from cpc_signaling.asgi import create_app as create_asgi_app
+
+    config = replace(Config(port=0), **overrides)
+    app = create_asgi_app(config)
+    async with serving_uvicorn(
+        app,
+        ws_max_size=config.max_message_bytes,
+        ws_ping_interval=config.ping_interval or None,
+        ws_ping_timeout=config.ping_timeout or None,
+    ) as port:
+        try:
+            yield RunningServer(
+                app.service, None, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}", "asgi"
+            )
+        finally:
+            await app.service.drain()  # 1001 to every client, as the standalone server does
 
 
 SERVER_KINDS = {"aiohttp": running_server, "asgi": running_asgi_server}
