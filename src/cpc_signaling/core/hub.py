@@ -324,6 +324,9 @@ class Hub(Generic[P]):
     def forget(self, doc_id: str) -> None:
         """Drop the replica of a document this instance no longer follows."""
         if doc_id not in self.local_members and doc_id not in self.local_refs:
+            state = self.documents.get(doc_id)
+            if self.retain_idle and state is not None and not state.is_empty():
+                return  # the only copy of its annotations and comments (memory backend)
             self.documents.pop(doc_id, None)
             self._idle.pop(doc_id, None)
 
