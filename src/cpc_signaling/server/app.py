@@ -117,7 +117,10 @@ class WsPeer:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._service.spawn(self.ws.close(code=code, message=reason.encode()))
+        # drain=False: waiting for a stalled reader's buffer to drain would never end, and
+        # the handler (hence on_close, the leaves) would wait with it. The close frame
+        # still follows everything written before it.
+        self._service.spawn(self.ws.close(code=code, message=reason.encode(), drain=False))
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
