@@ -85,6 +85,13 @@ class RedisServer:
             time.sleep(0.05)
             return s.recv(1 << 20)
 
+    def strings(self, *args: str) -> list[str]:
+        """A command whose reply is an array of bulk strings (SMEMBERS, ZRANGE, ...)."""
+        reply = self.command(*args)
+        assert reply.startswith(b"*"), reply
+        lines = reply.split(b"\r\n")
+        return [lines[i].decode() for i in range(2, len(lines) - 1, 2)]
+
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)

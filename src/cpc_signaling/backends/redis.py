@@ -462,6 +462,14 @@ class RedisBackend:
             except (RedisError, OSError) as exc:
                 self._fail(exc)
 
+    async def load(self, document_id: str) -> DocumentState | None:
+        """A document's shared state, read from Redis: for the server-side API
+        (``Service.presence``). None while Redis is not up."""
+        store = self._store
+        if self._mode != "up" or store is None:
+            return None
+        return await store.load(document_id)
+
     def submit(self, document_id: str, event: Event) -> None:
         if self._mode == "down":
             sink = self._sink
@@ -635,11 +643,38 @@ class RedisBackend:
                     continue
                 lost = self._lost_presence(document_id, state)
                 if lost:
-                    # Comes back over pub/sub after the loaded seq, like any event.
+                    # Remote instances get these live; this one has them already, so
+                    # they are part of the state it installs (no second delivery here).
                     await self._race(store.commit(lost), listener)
+                    state = await self._race(store.load(document_id), listener)
+                if self._keep_vanished(document_id, state):
+                    # Give their instances time to re-register before announcing leaves.
+                    grace = self.config.instance_timeout + self.config.heartbeat_interval
+                    asyncio.get_running_loop().call_later(grace, self._recheck, document_id, doc)
                 self._hooks.resync(state)
                 doc.applied = state.seq
                 self._go_live(document_id, doc)
+
+    def _keep_vanished(self, document_id: str, state: DocumentState) -> bool:
+        """Keep, for a grace period, users of other instances that the reloaded state
+        lacks: after a Redis restart every instance re-registers its own members, and
+        until the others have, their users would seem to leave and join again."""
+        replica = self._hooks.replica(document_id)
+        if replica is None:
+            return False
+        mine = self.instance_id + "/"
+        kept = False
+        for user_id, user in replica.users.items():
+            if user_id in state.users or any(c.startswith(mine) for c in user.conns):
+                continue
+            state.restore_user(user_id, sorted(user.conns), user.presence.items())
+            kept = True
+        return kept
+
+    def _recheck(self, document_id: str, doc: _Doc) -> None:
+        if self._docs.get(document_id) is doc and self._mode == "up" and doc.live:
+            doc.live = False
+            self._spawn_reload(document_id)
 
     @staticmethod
     async def _race(coro: Any, listener: asyncio.Task[None]) -> Any:

@@ -1,0 +1,75 @@
+"""Real ``cpc-signaling serve`` processes sharing a private Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+
+from ..helpers import TIMEOUT, ServerProcess, new_id, spawn_server
+from .server import RedisServer
+
+FAST = ("--heartbeat-interval", "0.3", "--instance-timeout", "1.2")
+
+
+async def spawn_instances(
+    redis: RedisServer, count: int, *extra: str, prefix: str | None = None
+) -> list[ServerProcess]:
+    """``count`` instances on one Redis (short heartbeat and timeout unless ``extra``
+    says otherwise), started concurrently; each is ready when this returns."""
+    prefix = prefix or "t" + new_id()[:8]
+    args: Sequence[str] = (
+        "--redis-url", redis.url, "--redis-prefix", prefix, *FAST, "--log-level", "info", *extra,
+    )  # fmt: skip
+    servers = list(
+        await asyncio.gather(
+            *(spawn_server([*args, "--instance-id", f"inst{n}"]) for n in range(count))
+        )
+    )
+    for server in servers:
+        await wait_ready(server, True)
+    return servers
+
+
+@contextlib.asynccontextmanager
+async def instances(
+    redis: RedisServer, count: int, *extra: str
+) -> AsyncIterator[list[ServerProcess]]:
+    servers = await spawn_instances(redis, count, *extra)
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.kill()
+        for server in servers:
+            server.proc.wait(5)
+
+
+async def readyz(server: ServerProcess) -> int:
+    async with aiohttp.ClientSession() as session, session.get(server.http + "/readyz") as r:
+        return r.status
+
+
+async def wait_ready(server: ServerProcess, ready: bool, timeout: float = 3 * TIMEOUT) -> float:
+    """Poll /readyz until it says ``ready``; returns the seconds it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(timeout):
+        while (await readyz(server) == 200) != ready:  # noqa: ASYNC110 (an HTTP poll)
+            await asyncio.sleep(0.02)
+    return loop.time() - started
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    """Sum of every sample of metric ``name`` (all labels)."""
+    async with aiohttp.ClientSession() as session, session.get(server.http + "/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            if head == name or head.startswith(name + "{"):
+                total += float(value)
+    return total

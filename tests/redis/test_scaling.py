@@ -1,0 +1,241 @@
+"""Many instances, one service: real processes, a private redis-server, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+from cpc_signaling.client import Client
+from cpc_signaling.protocol import (
+    Comment,
+    CursorUpdate,
+    JoinDocument,
+    LeaveDocument,
+    Message,
+)
+
+from ..helpers import TIMEOUT, new_id, receive_until
+from .cluster import instances, metric, spawn_instances, wait_ready
+from .server import RedisServer
+
+
+def joins(messages: list[Message]) -> list[str]:
+    return [m.user_id for m in messages if type(m) is JoinDocument]
+
+
+async def test_snapshot_and_fanout_across_instances(redis: RedisServer) -> None:
+    doc = new_id()
+    async with (
+        instances(redis, 3) as (s1, s2, s3),
+        Client(s1.url, new_id()) as a,
+        Client(s2.url, new_id()) as b,
+    ):
+        if True:
+            await a.join(doc)
+            await a.cursor(doc, 3, 4)
+            await a.comment(doc, 1, 0, "first")
+            await a.cursor(doc, 5, 6)  # supersedes the first cursor
+            snapshot = await b.join(doc)
+            assert [type(m) for m in snapshot] == [
+                JoinDocument,
+                CursorUpdate,
+                Comment,
+                JoinDocument,
+            ]
+            assert joins(snapshot) == [a.user_id, b.user_id]
+            cursor = snapshot[1]
+            assert isinstance(cursor, CursorUpdate) and cursor.position.line == 5
+            assert await a.receive(TIMEOUT) == JoinDocument(document_id=doc, user_id=b.user_id)
+
+            async with Client(s3.url, new_id()) as c:
+                assert joins(await c.join(doc)) == [a.user_id, b.user_id, c.user_id]
+                await b.cursor(doc, 9, 9)
+                for peer in (a, c):
+                    got = await receive_until(peer, lambda m: type(m) is CursorUpdate)
+                    assert next(m for m in got if type(m) is CursorUpdate).user_id == b.user_id
+                # Per-sender order across instances.
+                for n in range(30):
+                    await a.cursor(doc, n, 0)
+                got = await receive_until(
+                    c, lambda m: type(m) is CursorUpdate and m.position.line == 29
+                )
+                lines = [m.position.line for m in got if type(m) is CursorUpdate]
+                assert lines == sorted(lines) and lines[-1] == 29
+                await b.leave(doc)
+                got = await receive_until(c, lambda m: type(m) is LeaveDocument)
+                assert got[-1] == LeaveDocument(document_id=doc, user_id=b.user_id)
+
+
+async def test_one_user_on_two_instances_is_announced_once(redis: RedisServer) -> None:
+    doc, user = new_id(), new_id()
+    async with instances(redis, 3) as (s1, s2, s3), Client(s3.url, new_id()) as watcher:
+        await watcher.join(doc)
+        tab1, tab2 = Client(s1.url, user), Client(s2.url, user)
+        await tab1.connect()
+        await tab2.connect()
+        try:
+            await tab1.join(doc)
+            snapshot = await tab2.join(doc)
+            assert joins(snapshot) == [watcher.user_id, user]
+            await tab2.cursor(doc, 1, 1)  # reaches the other tab too
+            got = await receive_until(tab1, lambda m: type(m) is CursorUpdate)
+            assert [type(m) for m in got] == [CursorUpdate]
+            await tab1.leave(doc)
+            await tab2.leave(doc)
+            got = await receive_until(watcher, lambda m: type(m) is LeaveDocument)
+            # One join, then the cursor, then one leave: nothing twice.
+            assert [type(m) for m in got] == [JoinDocument, CursorUpdate, LeaveDocument]
+        finally:
+            await tab1.close()
+            await tab2.close()
+
+
+async def test_kill_9_announces_leaves_within_the_bound(redis: RedisServer) -> None:
+    doc = new_id()
+    async with instances(redis, 2) as (s1, s2), Client(s1.url, new_id()) as a:
+        b = Client(s2.url, new_id(), reconnect=False)
+        await b.connect()
+        await a.join(doc)
+        await b.join(doc)
+        await a.receive(TIMEOUT)
+        killed = time.monotonic()
+        os.kill(s2.proc.pid, signal.SIGKILL)
+        got = await receive_until(a, lambda m: type(m) is LeaveDocument, timeout=4 * TIMEOUT)
+        elapsed = time.monotonic() - killed
+        assert got[-1] == LeaveDocument(document_id=doc, user_id=b.user_id)
+        # heartbeat 0.3 s, timeout 1.2 s: detected within timeout + one interval (+ slack).
+        assert elapsed < 1.2 + 0.3 + 1.5, elapsed
+        print(f"crash-to-leave: {elapsed:.2f} s (heartbeat 0.3 s, instance timeout 1.2 s)")
+        async with Client(s1.url, new_id()) as c:
+            assert joins(await c.join(doc)) == [a.user_id, c.user_id]  # no zombie
+        assert await metric(s1, "cpc_backend_reaped_total") == 1
+        await b.close()
+
+
+async def test_sigterm_drain_announces_leaves_at_once(redis: RedisServer) -> None:
+    doc, user = new_id(), new_id()
+    # A long instance timeout: the leave must come from the drain, not from a reap.
+    async with (
+        instances(redis, 2, "--instance-timeout", "60") as (s1, s2),
+        Client(s1.url, new_id()) as a,
+    ):
+        if True:
+            b = Client(s2.url, user, reconnect=False)
+            b_other = Client(s2.url, user, reconnect=False)
+            tab = Client(s1.url, user)  # the same user stays through s1
+            for c in (b, b_other, tab):
+                await c.connect()
+            await a.join(doc)
+            await b.join(doc)
+            await b_other.join(doc)
+            await tab.join(doc)
+            await b.join(new_id())
+            await a.receive(TIMEOUT)
+            stopped = time.monotonic()
+            s2.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(s2.proc.wait, 10) == 0
+            assert time.monotonic() - stopped < 3
+            assert b.close_code == 1001 or (await _closed(b)) == 1001
+            # The user is still present through s1: nobody is told it left.
+            async with Client(s1.url, new_id()) as c:
+                assert sorted(joins(await c.join(doc))) == sorted([a.user_id, user, c.user_id])
+            await tab.close()
+            got = await receive_until(a, lambda m: type(m) is LeaveDocument, timeout=3)
+            assert [type(m) for m in got] == [JoinDocument, LeaveDocument]  # c, then user
+            assert redis.command("EXISTS", f"{_prefix(s2)}:alive:inst1") == b":0\r\n"
+            for c in (b, b_other):
+                await c.close()
+
+
+async def _closed(client: Client) -> int | None:
+    async with asyncio.timeout(TIMEOUT):
+        while client.connected:  # noqa: ASYNC110 (polling a remote state)
+            await asyncio.sleep(0.02)
+    return client.close_code
+
+
+def _prefix(server: object) -> str:
+    args = server.proc.args  # type: ignore[attr-defined]
+    return str(args[args.index("--redis-prefix") + 1])
+
+
+async def test_redis_restart_heals_without_restarting_instances(own_redis: RedisServer) -> None:
+    doc = new_id()
+    servers = await spawn_instances(own_redis, 2)
+    s1, s2 = servers
+    try:
+        async with (
+            Client(s1.url, new_id()) as a,
+            Client(s1.url, new_id()) as a2,
+            Client(s2.url, new_id()) as b,
+        ):
+            await a.join(doc)
+            await b.join(doc)
+            await a.cursor(doc, 7, 7)
+            await receive_until(b, lambda m: type(m) is CursorUpdate)
+            await receive_until(a, lambda m: type(m) is JoinDocument)
+
+            own_redis.stop()
+            await asyncio.gather(wait_ready(s1, False), wait_ready(s2, False))
+            # Local fan-out goes on while Redis is away.
+            assert joins(await a2.join(doc)) == [a.user_id, b.user_id, a2.user_id]
+            await a2.cursor(doc, 1, 2)
+            got = await receive_until(a, lambda m: type(m) is CursorUpdate)
+            assert [m.user_id for m in got] == [a2.user_id, a2.user_id]
+
+            own_redis.start()  # empty: everything Redis held is gone
+            restarted = time.monotonic()
+            await asyncio.gather(wait_ready(s1, True), wait_ready(s2, True))
+            healed = time.monotonic() - restarted
+            print(f"heal after Redis restart: {healed:.2f} s to /readyz 200 on both")
+            # b learns who joined while Redis was away, with their presence.
+            got = await receive_until(
+                b, lambda m: type(m) is CursorUpdate and m.user_id == a2.user_id
+            )
+            assert [(type(m), m.user_id) for m in got if not isinstance(m, CursorUpdate)] == [
+                (JoinDocument, a2.user_id)
+            ]
+            # Presence re-appears in Redis: a newcomer sees everyone.
+            async with Client(s2.url, new_id()) as c:
+                snapshot = await c.join(doc)
+                assert sorted(joins(snapshot)) == sorted(
+                    [a.user_id, a2.user_id, b.user_id, c.user_id]
+                )
+                assert {m.user_id for m in snapshot if type(m) is CursorUpdate} == {
+                    a.user_id,
+                    a2.user_id,
+                }
+            # Messages flow across instances again.
+            await b.cursor(doc, 3, 3)
+            got = await receive_until(a, lambda m: type(m) is CursorUpdate)
+            assert got[-1].user_id == b.user_id  # type: ignore[union-attr]
+            assert await metric(s1, "cpc_backend_state_changes_total") >= 2
+    finally:
+        for server in servers:
+            server.kill()
+            server.proc.wait(5)
+
+
+async def test_killed_listener_connection_is_noticed_and_healed(redis: RedisServer) -> None:
+    doc = new_id()
+    async with (
+        instances(redis, 2) as (s1, s2),
+        Client(s1.url, new_id()) as a,
+        Client(s2.url, new_id()) as b,
+    ):
+        if True:
+            await a.join(doc)
+            await b.join(doc)
+            await a.receive(TIMEOUT)
+            # Kill every pub/sub connection: the listeners must notice and recover.
+            redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+            async with asyncio.timeout(3 * TIMEOUT):
+                while await metric(s1, "cpc_backend_failures_total") < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await asyncio.gather(wait_ready(s1, True), wait_ready(s2, True))
+            await b.cursor(doc, 2, 2)
+            got = await receive_until(a, lambda m: type(m) is CursorUpdate)
+            assert got[-1].user_id == b.user_id  # type: ignore[union-attr]
+            assert not [m for m in got if type(m) in (JoinDocument, LeaveDocument)]
