@@ -55,7 +55,7 @@ BATCH: Final = 256
 REAP_BATCH: Final = 1000
 MAX_BUFFERED: Final = 50_000
 BACKOFF_INITIAL: Final = 0.1
-BACKOFF_MAX: Final = 5.0
+BACKOFF_MAX: Final = 2.0
 
 
 def _client(url: str) -> Redis:
@@ -399,7 +399,7 @@ class RedisBackend:
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-supervisor")
         # Usually Redis is there: wait briefly so /readyz is green right away.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), 3.0)
+            await asyncio.wait_for(self._up.wait(), 1.5)
 
     async def close(self) -> None:
         """Flush queued events (the drain's leaves) to Redis, retire, disconnect."""

@@ -95,6 +95,13 @@ class Service:
         self._attached: dict[str, asyncio.Future[None]] = {}
         self._budgets: dict[str, ErrorBudget] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Hot-path counts, added up per event-loop iteration and handed to the
+        # Prometheus counters once (their inc() takes a lock: too dear per frame).
+        self._tally_in: dict[str, int] = {}  # message type -> count
+        self._tally_out: dict[str, list[int]] = {}  # kind -> [frames, bytes]
+        self._tally_bytes_in = 0
+        self._tally_due = False
+        self._fanout_sample = 0
         self.guard = Guard(config, self.metrics)  # auth, caps, rate limits, token expiry
         self.metrics.watch(self._live_metrics)
         # Cross-instance "disconnect user X" (server/control.py); only with Redis.
@@ -193,7 +200,9 @@ class Service:
     def on_frame(self, conn: Connection[Peer], data: bytes | str) -> Awaitable[None] | None:
         """Handle one text frame. Returns an awaitable only when a join must wait for
         the backend; the transport awaits it before reading the next frame."""
-        self.metrics.bytes_in.inc(len(data))
+        self._tally_bytes_in += len(data)
+        if not self._tally_due:
+            self._schedule_tally()
         verdict = self.guard.check_rate(conn.id)
         if verdict:  # over --rate-limit: dropped, the sender told at most once a second
             if verdict is Verdict.DROP_NOTIFY:
@@ -210,7 +219,9 @@ class Service:
         except ProtocolError as exc:
             self.reject(conn, exc)
             return None
-        self.metrics.count_in(type(message).__name__)
+        kind = type(message).__name__
+        tally_in = self._tally_in
+        tally_in[kind] = tally_in.get(kind, 0) + 1
         if type(event) is Joined:
             attached = self._attached.get(doc_id)
             if attached is None or not attached.done():
@@ -274,16 +285,21 @@ class Service:
         With Redis this is the shared state (all instances), else this instance's replica.
         """
         doc_id = canonical_uuid(document_id)
-        state = None
         load = getattr(self.backend, "load", None)
         if load is not None and doc_id not in self.hub.local_members:
             if not self.backend.ready:
                 raise Unavailable(f"backend {self.backend.name} not ready")
-            state = await load(doc_id)
-        if state is None:
-            state = self.hub.documents.get(doc_id)
-        if state is None:
-            return []
+            try:
+                state = await load(doc_id)
+            except Exception as exc:  # Redis went away meanwhile
+                raise Unavailable(f"backend {self.backend.name}: {exc}") from None
+            if state is None:
+                raise Unavailable(f"backend {self.backend.name} not ready")
+            return self._present(state)
+        state = self.hub.documents.get(doc_id)
+        return [] if state is None else self._present(state)
+
+    def _present(self, state: DocumentState) -> list[PresentUser]:
         decode = self.decoder.decode
         return [
             PresentUser(
@@ -366,20 +382,58 @@ class Service:
 
     def _on_event(self, doc_id: str, event: Event) -> None:
         """The backend's sink: a sequenced event to apply and fan out locally."""
-        started = time.perf_counter()
-        for send in self.hub.apply(doc_id, event):
-            self._deliver(send)
-        self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+        # The fan-out histogram samples one event in 8: timing each costs more than
+        # a small fan-out itself, and the distribution is what it is for.
+        sample = self._fanout_sample = (self._fanout_sample + 1) & 7
+        if sample:
+            for send in self.hub.apply(doc_id, event):
+                self._deliver(send)
+        else:
+            started = time.perf_counter()
+            for send in self.hub.apply(doc_id, event):
+                self._deliver(send)
+            self.metrics.fanout_seconds.observe(time.perf_counter() - started)
         if self.hub.released:
             self._detach_released()
 
     def _deliver(self, send: Send[Peer]) -> None:
-        for peer in send.peers:
+        peers = send.peers
+        for peer in peers:
             peer.deliver(send)
-        count = len(send.peers)
-        self.metrics.count_out(
-            send.kind, count * len(send.frames), count * sum(map(len, send.frames))
-        )
+        count = len(peers)
+        frames = send.frames
+        tally = self._tally_out.get(send.kind)
+        if tally is None:
+            tally = self._tally_out[send.kind] = [0, 0]
+        tally[0] += count * len(frames)
+        tally[1] += count * (len(frames[0]) if len(frames) == 1 else sum(map(len, frames)))
+        if not self._tally_due:
+            self._schedule_tally()
+
+    def _schedule_tally(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): count now
+            self.flush_tally()
+            return
+        self._tally_due = True
+        loop.call_soon(self.flush_tally)
+
+    def flush_tally(self) -> None:
+        """Hand the hot-path counts of this loop iteration to the Prometheus counters."""
+        self._tally_due = False
+        metrics = self.metrics
+        if self._tally_bytes_in:
+            metrics.bytes_in.inc(self._tally_bytes_in)
+            self._tally_bytes_in = 0
+        if self._tally_in:
+            for kind, n in self._tally_in.items():
+                metrics.count_in(kind, n)
+            self._tally_in.clear()
+        if self._tally_out:
+            for kind, (frames, nbytes) in self._tally_out.items():
+                metrics.count_out(kind, frames, nbytes)
+            self._tally_out.clear()
 
     def _detach_released(self) -> None:
         """Detach documents no local connection holds any more (once their leaves applied)."""
