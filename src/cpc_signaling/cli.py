@@ -20,7 +20,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token", help="mint a development JWT from the configured secret or private key"
     )
     add_token_arguments(token_parser)
+    bench_parser = commands.add_parser(
+        "bench", help="load generator: D documents x U users against a server (or --spawn one)"
+    )
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench_parser)
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args)
     if args.command == "token":
         return token_command(args)
     if args.command == "serve":

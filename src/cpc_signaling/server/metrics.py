@@ -96,10 +96,10 @@ class Metrics:
         self._in = {t.__name__: self.messages_in.labels(t.__name__) for t in MESSAGE_TYPES}
         self._out: dict[str, Counter] = {}
 
-    def count_in(self, kind: str) -> None:
+    def count_in(self, kind: str, n: int = 1) -> None:
         child = self._in.get(kind)
         if child is not None:
-            child.inc()
+            child.inc(n)
 
     def count_out(self, kind: str, frames: int, nbytes: int) -> None:
         child = self._out.get(kind)
