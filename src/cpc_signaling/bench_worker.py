@@ -297,12 +297,16 @@ class BenchConnection(asyncio.Protocol):
                 transport.close()
 
     def send_next(self, stamp: str) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        payload = b'%s%d%s%s"}}' % (self.prefix, self.seq, self.suffix, stamp.encode())
+        """Send the next message of this connection's sequence."""
+        self.send_seq(self.seq, stamp)
         self.seq += 1
-        transport.write(client_frame(payload))
+
+    def send_seq(self, seq: int, stamp: str) -> None:
+        """Send a message numbered ``seq`` (tests use it to send gaps, repeats, swaps)."""
+        transport = self.transport
+        if transport is not None:
+            payload = b'%s%d%s%s"}}' % (self.prefix, seq, self.suffix, stamp.encode())
+            transport.write(client_frame(payload))
 
 
 class Worker:
@@ -348,12 +352,8 @@ class Worker:
 
     async def run_step(self, rate: float, start_at: float, duration: float) -> StepStats:
         """Send at ``rate`` per connection from ``start_at`` for ``duration`` s; then drain."""
-        stats = self.stats = StepStats()
-        seq0 = {}
-        for conn in self.conns:
-            conn.unique = 0
-            conn.missing.clear()
-            seq0[conn.index] = conn.seq
+        seq0 = self.begin_step()
+        stats = self.stats
         conns = self.conns
         count = len(conns)
         clock = self.clock
@@ -395,7 +395,22 @@ class Worker:
         wait1 = run_queue_wait(os.getpid())
         if wait0 is not None and wait1 is not None:
             stats.cpu_wait = wait1 - wait0
-        for conn in conns:
+        return self.end_step(seq0)
+
+    def begin_step(self) -> dict[int, int]:
+        """Reset the counts; returns each connection's sequence number at the start."""
+        self.stats = StepStats()
+        seq0 = {}
+        for conn in self.conns:
+            conn.unique = 0
+            conn.missing.clear()
+            seq0[conn.index] = conn.seq
+        return seq0
+
+    def end_step(self, seq0: dict[int, int]) -> StepStats:
+        """The step's counts: what each connection sent since ``seq0`` and received."""
+        stats = self.stats
+        for conn in self.conns:
             stats.sent[conn.index] = conn.seq - seq0[conn.index]
             stats.unique[conn.index] = conn.unique
         return stats
