@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench setup clean
+.PHONY: run test lint typecheck pytest jstest bench setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ pytest: $(STAMP)
 	bash scripts/ensure-test-deps.sh
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The JS client's tests (clients/js) against a real server; Node 20 needs a flag for WebSocket.
+jstest: $(STAMP)
+	bash scripts/ensure-test-deps.sh
+	node $$(node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || echo --experimental-websocket) \
+		--test clients/js/test/*.test.js
+
+test: lint typecheck pytest jstest
 
 bench: $(STAMP)
 	$(BIN)/cpc-signaling bench --quick

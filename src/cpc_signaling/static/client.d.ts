@@ -197,7 +197,7 @@ export declare class DocumentSession extends Emitter<DocumentEvents> {
   readonly userId: string;
   /** Other users present, oldest join first. This client's own user is not in it. */
   users: ReadonlyMap<string, Presence>;
-  /** Annotations and comments, oldest first. */
+  /** Annotations and comments, oldest first, this client's own included. */
   notes: readonly Note[];
   /** The raw messages of the last snapshot, ending with the own-join acknowledgement. */
   snapshot: readonly Message[];
@@ -210,9 +210,9 @@ export declare class DocumentSession extends Emitter<DocumentEvents> {
   presence(update: { cursor: Position; selection: Selection; isTyping: boolean }): boolean;
   typing(isTyping?: boolean): boolean;
   status(status: string): boolean;
-  /** Throws ClientError when not connected. */
+  /** Also appended to `notes` (the server does not echo it). Throws ClientError when offline. */
   annotate(position: Position, content: string): boolean;
-  /** Throws ClientError when not connected. */
+  /** Also appended to `notes`. Throws ClientError when offline. */
   comment(position: Position, content: string): boolean;
   leave(): Promise<void>;
   /** Send pending throttled updates now. */

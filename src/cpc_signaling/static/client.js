@@ -218,7 +218,7 @@ function applyPresence(entry, message) {
  *   "join"     (presence)         a user arrived
  *   "leave"    (userId, presence) a user left (their last connection)
  *   "presence" (presence, message) a user's cursor/selection/typing/status changed
- *   "note"     (message)          an Annotation or Comment arrived
+ *   "note"     (message)          an Annotation or Comment arrived (or was sent from here)
  *   "message"  (message)          every live message of this document
  *   "connection" (connected)      the client lost (false) or regained (true) this document
  */
@@ -237,7 +237,7 @@ export class DocumentSession extends Emitter {
     this.id = documentId;
     /** Other users present, oldest join first: userId -> presence entry. */
     this.users = new Map();
-    /** Annotations and comments, oldest first (at most `maxNotes`). */
+    /** Annotations and comments, oldest first, our own included (at most `maxNotes`). */
     this.notes = [];
     /** The raw messages of the last snapshot, ending with the own-join ack. */
     this.snapshot = [];
@@ -334,8 +334,25 @@ export class DocumentSession extends Emitter {
       throw new TypeError("content must be a non-empty string");
     }
     if (!this.#client.connected) throw new ClientError("not connected");
-    this.#send(type, { position: position(pos, "position"), content });
+    const message = {
+      type,
+      document_id: this.id,
+      user_id: this.#client.userId,
+      position: position(pos, "position"),
+      content,
+      timestamp: timestamp(),
+    };
+    this.#client.sendMessage(message);
+    // The server never echoes a message to its sender: keep our own note here too,
+    // so `notes` is the document's whole list (a re-join's snapshot has it as well).
+    this.#addNote(message);
     return true;
+  }
+
+  #addNote(message) {
+    this.notes.push(message);
+    if (this.notes.length > this.#client.options.maxNotes) this.notes.shift();
+    this.emit("note", message);
   }
 
   #send(type, body) {
@@ -475,9 +492,7 @@ export class DocumentSession extends Emitter {
         this.emit("presence", entry, message);
       }
     } else if (NOTE_TYPES.has(message.type)) {
-      this.notes.push(message);
-      if (this.notes.length > this.#client.options.maxNotes) this.notes.shift();
-      this.emit("note", message);
+      this.#addNote(message);
     }
     this.emit("message", message);
   }
