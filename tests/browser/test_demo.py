@@ -7,19 +7,22 @@ within ``BOUND_MS``.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import shutil
 import statistics
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
 
 from ..helpers import new_id
-from .conftest import BOUND_MS, REPORT, ROOT, OpenPage, artifact
+from .conftest import BOUND_MS, REPORT, ROOT, VIEWPORT, DemoServer, OpenPage, artifact
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import Browser, Locator, Page
     from playwright.sync_api._generated import LocatorAssertions
 
 pytestmark = pytest.mark.timeout(120)
@@ -283,3 +286,64 @@ def test_screenshots_with_three_users(open_page: OpenPage) -> None:
     REPORT.append(f"screenshots of the demo with three users: {shot.relative_to(ROOT)} (+ -b, -c)")
     if os.environ.get("CPC_UPDATE_DOCS_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "demo.png")
+
+
+def test_the_complete_example_in_the_docs_works(browser: Browser, demo_server: DemoServer) -> None:
+    """docs/javascript.md's complete example, as written, in two pages."""
+    text = (ROOT / "docs" / "javascript.md").read_text()
+    section = text[text.index("## A complete example") :]
+    html = section[section.index("```html\n") + len("```html\n") :]
+    html = html[: html.index("```")]
+    base = demo_server.http
+    html = html.replace("http://127.0.0.1:8765", base).replace(
+        "ws://127.0.0.1:8765", base.replace("http://", "ws://")
+    )
+    # Served by a plain local web server, as a developer would try it (Chromium's
+    # local-network-access checks keep pages without a local origin off 127.0.0.1).
+    body = html.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    doc = new_id()
+    errors: list[str] = []
+    pages: list[Page] = []
+    for _ in range(2):
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"http://127.0.0.1:{site.server_address[1]}/example.html?doc={doc}")
+        pages.append(page)
+    a, b = pages
+    try:
+        caret = b.locator(".caret")
+        a.click("#text")
+        # The page listens once its join is acknowledged: press until the other page shows it.
+        for _ in range(int(BOUND_MS / 100)):
+            a.keyboard.press("Control+Home")
+            a.keyboard.press("End")  # line 0, column 16
+            if caret.count() == 1:
+                break
+            a.wait_for_timeout(100)
+        expect(caret).to_have_attribute("style", re.compile(r"top: 0px"), timeout=BOUND_MS)
+        a.keyboard.press("ArrowDown")
+        expect(caret).to_have_attribute("style", re.compile(r"top: 22px"), timeout=BOUND_MS)
+        match = re.search(r"left: ([\d.]+)px", caret.get_attribute("style") or "")
+        assert match is not None and float(match[1]) > 100, match  # column 16, not 0
+        a.context.close()
+        expect(caret).to_have_count(0, timeout=BOUND_MS)
+    finally:
+        for page in pages:
+            page.context.close()
+        site.shutdown()
+        site.server_close()
+    assert not errors, errors
