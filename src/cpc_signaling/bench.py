@@ -303,8 +303,11 @@ def summarize(
     server_cpu: float | None = None,
     server_wait: float | None = None,
     server_rss: int | None = None,
+    wall: float | None = None,
 ) -> dict[str, Any]:
-    """One result row from the workers' counts."""
+    """One result row from the workers' counts; ``server_cpu`` and ``server_wait`` are
+    seconds over ``wall`` (the whole step, drain included)."""
+    wall = wall or duration
     users = workload.users
     sent_by: dict[int, int] = {}
     unique_by: dict[int, int] = {}
@@ -324,7 +327,7 @@ def summarize(
     ordered = sorted(latencies)
     delivered = sum(s.delivered for s in stats)
     sent = sum(sent_by.values())
-    gen_cpu = max((s.cpu / duration for s in stats), default=0.0)
+    gen_cpu = max((s.cpu_send / duration for s in stats), default=0.0)
     row: dict[str, Any] = {
         "workload": workload.name,
         "docs": workload.docs,
@@ -350,15 +353,20 @@ def summarize(
         "generator_cpu_pct": round(100 * gen_cpu, 1),
         "generator_send_lag_ms": round(max((s.send_lag for s in stats), default=0.0) * 1e3, 1),
         "generator_cpu_wait_pct": round(
-            100 * max((s.cpu_wait / duration for s in stats), default=0.0), 1
+            100 * max((s.cpu_wait / max(s.wall, duration) for s in stats), default=0.0), 1
         ),
-        "server_cpu_pct": None if server_cpu is None else round(100 * server_cpu / duration, 1),
-        "server_cpu_wait_pct": None
-        if server_wait is None
-        else round(100 * server_wait / duration, 1),
+        "server_cpu_pct": None if server_cpu is None else round(100 * server_cpu / wall, 1),
+        "server_cpu_wait_pct": None if server_wait is None else round(100 * server_wait / wall, 1),
         "server_rss_mib": None if server_rss is None else round(server_rss / 2**20, 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+    # Noise-proof figure on a shared machine: what one delivery costs the server in
+    # CPU time, and the deliveries/s one whole core would give at that cost.
+    if server_cpu and delivered:
+        row["server_cpu_us_per_delivery"] = round(1e6 * server_cpu / delivered, 2)
+        row["server_capacity_per_s"] = round(delivered / server_cpu)
+    else:
+        row["server_cpu_us_per_delivery"] = row["server_capacity_per_s"] = None
     row["generator_saturated"] = gen_cpu > 0.9 or row["generator_send_lag_ms"] > 100
     return row
 
@@ -396,6 +404,8 @@ _COLUMNS = (
     ("genwait%", "generator_cpu_wait_pct", "{:.0f}"),
     ("srv%", "server_cpu_pct", "{:.0f}"),
     ("srvwait%", "server_cpu_wait_pct", "{:.0f}"),
+    ("us/deliv", "server_cpu_us_per_delivery", "{:.2f}"),
+    ("deliv/cpu-s", "server_capacity_per_s", "{:,}"),
     ("load", "load_avg_1m", "{:.2f}"),
     ("verdict", "verdict", "{}"),
 )
@@ -451,12 +461,11 @@ def _measure(fleet: Fleet, target: Target, rate: float, duration: float) -> dict
     cpu1 = _proc_cpu(target.pid) if target.pid else None
     wait1 = run_queue_wait(target.pid) if target.pid else None
     server_cpu = server_wait = None
-    # Over the whole step (send + drain), scaled to the send duration's share.
-    scale = duration / max(wall, duration)
+    # CPU seconds over the whole step (send and drain); shares are of the step's wall time.
     if cpu0 is not None and cpu1 is not None:
-        server_cpu = (cpu1 - cpu0) * scale
+        server_cpu = cpu1 - cpu0
     if wait0 is not None and wait1 is not None:
-        server_wait = (wait1 - wait0) * scale
+        server_wait = wait1 - wait0
     rss = _proc_rss(target.pid) if target.pid else None
     return summarize(
         fleet.workload,
@@ -467,6 +476,7 @@ def _measure(fleet: Fleet, target: Target, rate: float, duration: float) -> dict
         server_cpu=server_cpu,
         server_wait=server_wait,
         server_rss=rss,
+        wall=max(wall, duration),
     )
 
 

@@ -105,6 +105,7 @@ class StepStats:
     closed: int = 0  # connections closed or lost during the step
     latencies: array[float] = field(default_factory=lambda: array("d"))
     cpu: float = 0.0
+    cpu_send: float = 0.0  # CPU seconds while sending: the saturation test
     cpu_wait: float = 0.0  # seconds runnable but not running: other load on the generator's CPU
     wall: float = 0.0
     send_lag: float = 0.0  # worst delay of the send schedule (generator falling behind)
@@ -377,11 +378,13 @@ class Worker:
                     for m in range(sent, due):
                         conns[m % count].send_next(stamp)
                     sent = due
-                # Sleep to the next due message, at least one loop turn.
+                # Sleep to the next due message, but at least 1 ms (the loop's timer
+                # resolution: shorter sleeps spin) and at most 5 ms.
                 wake = t0 + sent / total_rate
-                await asyncio.sleep(max(0.0, min(wake - time.time(), 0.005)))
+                await asyncio.sleep(min(max(wake - time.time(), 0.001), 0.005))
         else:
             await asyncio.sleep(duration)
+        stats.cpu_send = sum(os.times()[:2]) - cpu0
         # Drain: wait until nothing has arrived for a while (or a hard limit).
         drain_until = time.time() + 15.0
         while time.time() < drain_until:
