@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -79,47 +80,58 @@ class DemoServer:
     http: str
     lines: list[str] = field(default_factory=list)
 
+    @property
+    def port(self) -> int:
+        return int(self.http.rsplit(":", 1)[1])
 
-@pytest.fixture(scope="module")
-def demo_server() -> Iterator[DemoServer]:
-    """``cpc-signaling serve --port 0`` as a real subprocess: demo page and WebSocket."""
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_demo_server(*args: str, port: int = 0) -> DemoServer:
+    """``cpc-signaling serve --port PORT ARGS`` as a real subprocess; waits for its ws:// line."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0"],
+        [sys.executable, "-m", "cpc_signaling", "serve", "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert proc.stdout is not None
     lines: list[str] = []
-    found: list[str] = []
+    found = threading.Event()
+    address: list[str] = []
 
-    def pump() -> None:
+    def pump() -> None:  # keeps the pipe drained for the server's whole life
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
             match = re.search(r"ws://(\S+?)/ws", line)
-            if match and not found:
-                found.append(match.group(1))
+            if match and not address:
+                address.append(match.group(1))
+                found.set()
+        found.set()
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    deadline = 15 * UNIT
-    waited = 0.0
-    while not found and proc.poll() is None and waited < deadline:
-        reader.join(0.05)
-        waited += 0.05
-    if not found:
+    threading.Thread(target=pump, daemon=True).start()
+    if not found.wait(15 * UNIT) or not address:
         proc.kill()
         raise RuntimeError("the server did not start:\n" + "".join(lines))
+    return DemoServer(proc, f"http://{address[0]}", lines)
+
+
+@pytest.fixture(scope="module")
+def demo_server() -> Iterator[DemoServer]:
+    """``cpc-signaling serve --port 0`` as a real subprocess: demo page and WebSocket."""
+    server = start_demo_server()
     try:
-        yield DemoServer(proc, f"http://{found[0]}", lines)
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +166,12 @@ def open_page(browser: Browser, demo_server: DemoServer) -> Iterator[OpenPage]:
     contexts: list[Any] = []
     errors: list[str] = []
 
-    def opener(doc: str, user: str | None = None) -> Page:
+    def opener(doc: str, user: str | None = None, server: DemoServer | None = None) -> Page:
         context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(f"{exc}"))
-        page.goto(f"{demo_server.http}/?doc={doc}&user={user or new_id()}")
+        page.goto(f"{(server or demo_server).http}/?doc={doc}&user={user or new_id()}")
         page.wait_for_selector("html[data-ready=true]", timeout=10_000 * UNIT)
         return page
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import threading
 from typing import TYPE_CHECKING
@@ -19,7 +20,16 @@ from typing import TYPE_CHECKING
 import pytest
 
 from ..helpers import new_id
-from .conftest import BOUND_MS, REPORT, ROOT, VIEWPORT, DemoServer, OpenPage, artifact
+from .conftest import (
+    BOUND_MS,
+    REPORT,
+    ROOT,
+    VIEWPORT,
+    DemoServer,
+    OpenPage,
+    artifact,
+    start_demo_server,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -347,3 +357,34 @@ def test_the_complete_example_in_the_docs_works(browser: Browser, demo_server: D
         site.shutdown()
         site.server_close()
     assert not errors, errors
+
+
+def test_after_a_server_restart_the_pages_reconnect_and_see_each_other_again(
+    open_page: OpenPage,
+) -> None:
+    server = start_demo_server()
+    try:
+        doc, alice_id, bob_id = new_id(), new_id(), new_id()
+        alice = open_page(doc, alice_id, server)
+        bob = open_page(doc, bob_id, server)
+        go(alice, 5, 4)
+        alice.select_option("#status", "busy")
+        row = bob.locator(f'[data-presence-user="{alice_id}"]')
+        expect(row).to_have_attribute("data-status", "busy", timeout=BOUND_MS)
+        expect(bob.locator(f'.rc[data-user="{alice_id}"]')).to_have_attribute("data-pos", "5:4")
+
+        server.stop(signal.SIGKILL)  # the process dies: no goodbye to anyone
+        expect(bob.locator("#conn")).to_have_text("Reconnecting…", timeout=BOUND_MS)
+        server = start_demo_server(port=server.port)
+        # Both re-join; Alice's page re-sends her cursor and status; Bob's map is rebuilt.
+        expect(bob.locator("#conn")).to_have_text("Live", timeout=BOUND_MS + 10_000)
+        expect(row).to_have_attribute("data-status", "busy", timeout=BOUND_MS + 10_000)
+        expect(bob.locator(f'.rc[data-user="{alice_id}"]')).to_have_attribute(
+            "data-pos", "5:4", timeout=BOUND_MS
+        )
+        go(alice, 7, 1)
+        expect(bob.locator(f'.rc[data-user="{alice_id}"]')).to_have_attribute(
+            "data-pos", "7:1", timeout=BOUND_MS
+        )
+    finally:
+        server.stop()

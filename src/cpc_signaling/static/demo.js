@@ -1,6 +1,6 @@
 // The live demo page: every other user's cursor, selection, typing and status,
 // who is here, and comments/annotations anchored to lines. Uses /client.js only.
-import { CpcClient } from "/client.js";
+import { CpcClient, tokenSubject } from "/client.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -109,7 +109,10 @@ if (!documentId || !UUID.test(documentId)) {
 documentId = documentId.toLowerCase();
 // A new person per page load (?user= pins one): a duplicated tab, which copies
 // sessionStorage, must not be the same user as its original.
-const userId = (UUID.test(params.get("user") ?? "") ? params.get("user") : crypto.randomUUID()).toLowerCase();
+// With ?token= (a server started with --jwt-secret), the user is the token's subject.
+const token = params.get("token") || undefined;
+const pinned = params.get("user") ?? (token ? tokenSubject(token) : undefined);
+const userId = (pinned && UUID.test(pinned) ? pinned : crypto.randomUUID()).toLowerCase();
 
 // ---------------------------------------------------------------------------
 // Elements and text metrics.
@@ -158,7 +161,7 @@ function toOffset({ line, column }) {
 // ---------------------------------------------------------------------------
 // Client and document.
 
-const client = new CpcClient({ userId, token: params.get("token") ?? undefined });
+const client = new CpcClient({ userId, token });
 const statusSelect = $("status");
 statusSelect.value = stored("cpc-demo-status", () => "online");
 let doc = null;
@@ -167,6 +170,7 @@ const conn = $("conn");
 const CONN_TEXT = { idle: "Connecting…", connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", closed: "Offline" };
 client.on("state", (state) => {
   conn.dataset.state = state;
+  document.documentElement.dataset.conn = state;
   conn.textContent = CONN_TEXT[state] ?? state;
 });
 client.on("Error", (error) => console.warn("server:", error.code, error.message));
