@@ -153,7 +153,7 @@ class Service:
     ) -> Connection[Peer]:
         conn = self.hub.connect(peer, user_id=user_id, allowed_documents=allowed_documents)
         self.metrics.connections_total.inc()
-        log.debug("connection %s opened (user %s)", conn.id, user_id or "unbound")
+        log.debug("connection %s opened (user %s)", conn.id, user_id or "unbound", extra=_ctx(conn))
         return conn
 
     def admit(self, peer: Peer, token: str | None) -> Connection[Peer] | None:
@@ -183,7 +183,12 @@ class Service:
         """The connection's token expired while it was open: AUTH_ERROR, then 1008."""
         if self.hub.connections.get(conn.id) is not conn:
             return
-        log.info("connection %s (user %s): token expired, closing", conn.id, conn.user_id)
+        log.info(
+            "connection %s (user %s): token expired, closing",
+            conn.id,
+            conn.user_id,
+            extra=_ctx(conn),
+        )
         self.send_error(conn, ErrorCode.AUTH_ERROR, "token expired")
         self.metrics.closes.labels("token_expired").inc()
         conn.peer.close(1008, "token expired")
@@ -195,7 +200,7 @@ class Service:
         self.guard.forget(conn.id)
         for doc_id, event in events:
             self._submit(doc_id, event)
-        log.debug("connection %s closed (user %s)", conn.id, conn.user_id)
+        log.debug("connection %s closed (user %s)", conn.id, conn.user_id, extra=_ctx(conn))
 
     def on_frame(self, conn: Connection[Peer], data: bytes | str) -> Awaitable[None] | None:
         """Handle one text frame. Returns an awaitable only when a join must wait for
@@ -244,6 +249,7 @@ class Service:
                 conn.user_id,
                 self.config.error_limit,
                 self.config.error_window,
+                extra=_ctx(conn),
             )
             self.metrics.closes.labels("error_budget").inc()
             conn.peer.close(1008, "too many errors")
@@ -346,7 +352,9 @@ class Service:
                 del self._attached[doc_id]
                 attached.set_exception(exc)
                 attached.exception()  # retrieved: others waiting get it through their await
-                log.warning("attach of document %s failed: %s", doc_id, exc)
+                log.warning(
+                    "attach of document %s failed: %s", doc_id, exc, extra=_ctx(conn, doc_id)
+                )
                 self._join_failed(conn, doc_id)
                 return
             if state is not None:
@@ -491,3 +499,13 @@ def _outbox_gauges(conns: Iterable[Connection[Peer]]) -> dict[str, tuple[str, fl
         ),
         "slow_readers": ("connections with frames waiting in their outbox", waiting),
     }
+
+
+def _ctx(conn: Connection[Peer], document_id: str | None = None) -> dict[str, str]:
+    """Log context (``--log-format json`` emits these as fields); never a token."""
+    ctx = {"connection_id": conn.id}
+    if conn.user_id is not None:
+        ctx["user_id"] = conn.user_id
+    if document_id is not None:
+        ctx["document_id"] = document_id
+    return ctx
