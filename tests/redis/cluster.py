@@ -15,7 +15,11 @@ FAST = ("--heartbeat-interval", "0.3", "--instance-timeout", "1.2")
 
 
 async def spawn_instances(
-    redis: RedisServer, count: int, *extra: str, prefix: str | None = None
+    redis: RedisServer,
+    count: int,
+    *extra: str,
+    prefix: str | None = None,
+    check_ready: bool = True,
 ) -> list[ServerProcess]:
     """``count`` instances on one Redis (short heartbeat and timeout unless ``extra``
     says otherwise), started concurrently; each is ready when this returns."""
@@ -28,8 +32,9 @@ async def spawn_instances(
             *(spawn_server([*args, "--instance-id", f"inst{n}"]) for n in range(count))
         )
     )
-    for server in servers:
-        await wait_ready(server, True)
+    if check_ready:
+        for server in servers:
+            await wait_ready(server, True)
     return servers
 
 

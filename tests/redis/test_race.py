@@ -86,7 +86,7 @@ async def test_concurrent_joins_and_leaves_are_seen_exactly_once(redis: RedisSer
                         kinds = [
                             type(m)
                             for m in messages
-                            if type(m) in (JoinDocument, LeaveDocument) and m.user_id == user
+                            if isinstance(m, JoinDocument | LeaveDocument) and m.user_id == user
                         ]
                         assert kinds == [JoinDocument, LeaveDocument]
                 assert joins[client.user_id] == 0 and leaves[client.user_id] == 0

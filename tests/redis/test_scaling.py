@@ -11,6 +11,7 @@ from cpc_signaling.client import Client
 from cpc_signaling.protocol import (
     Comment,
     CursorUpdate,
+    Error,
     JoinDocument,
     LeaveDocument,
     Message,
@@ -19,6 +20,11 @@ from cpc_signaling.protocol import (
 from ..helpers import TIMEOUT, new_id, receive_until
 from .cluster import instances, metric, spawn_instances, wait_ready
 from .server import RedisServer
+
+
+def user_of(message: Message) -> str:
+    assert not isinstance(message, Error), message
+    return message.user_id
 
 
 def joins(messages: list[Message]) -> list[str]:
@@ -33,10 +39,14 @@ async def test_snapshot_and_fanout_across_instances(redis: RedisServer) -> None:
         Client(s2.url, new_id()) as b,
     ):
         if True:
-            await a.join(doc)
-            await a.cursor(doc, 3, 4)
-            await a.comment(doc, 1, 0, "first")
-            await a.cursor(doc, 5, 6)  # supersedes the first cursor
+            async with Client(s3.url, new_id()) as w:
+                await w.join(doc)
+                await a.join(doc)
+                await a.cursor(doc, 3, 4)
+                await a.comment(doc, 1, 0, "first")
+                await a.cursor(doc, 5, 6)  # supersedes the first cursor
+                # Once an instance delivered the last one, all are in the shared state.
+                await receive_until(w, lambda m: type(m) is CursorUpdate and m.position.line == 5)
             snapshot = await b.join(doc)
             assert [type(m) for m in snapshot] == [
                 JoinDocument,
@@ -47,7 +57,11 @@ async def test_snapshot_and_fanout_across_instances(redis: RedisServer) -> None:
             assert joins(snapshot) == [a.user_id, b.user_id]
             cursor = snapshot[1]
             assert isinstance(cursor, CursorUpdate) and cursor.position.line == 5
-            assert await a.receive(TIMEOUT) == JoinDocument(document_id=doc, user_id=b.user_id)
+            got = await receive_until(a, lambda m: type(m) is JoinDocument)
+            assert [(type(m), user_of(m)) for m in got] == [
+                (LeaveDocument, w.user_id),
+                (JoinDocument, b.user_id),
+            ]
 
             async with Client(s3.url, new_id()) as c:
                 assert joins(await c.join(doc)) == [a.user_id, b.user_id, c.user_id]
@@ -183,7 +197,7 @@ async def test_redis_restart_heals_without_restarting_instances(own_redis: Redis
             assert joins(await a2.join(doc)) == [a.user_id, b.user_id, a2.user_id]
             await a2.cursor(doc, 1, 2)
             got = await receive_until(a, lambda m: type(m) is CursorUpdate)
-            assert [m.user_id for m in got] == [a2.user_id, a2.user_id]
+            assert [user_of(m) for m in got] == [a2.user_id, a2.user_id]
 
             own_redis.start()  # empty: everything Redis held is gone
             restarted = time.monotonic()
@@ -194,7 +208,7 @@ async def test_redis_restart_heals_without_restarting_instances(own_redis: Redis
             got = await receive_until(
                 b, lambda m: type(m) is CursorUpdate and m.user_id == a2.user_id
             )
-            assert [(type(m), m.user_id) for m in got if not isinstance(m, CursorUpdate)] == [
+            assert [(type(m), user_of(m)) for m in got if not isinstance(m, CursorUpdate)] == [
                 (JoinDocument, a2.user_id)
             ]
             # Presence re-appears in Redis: a newcomer sees everyone.
@@ -239,3 +253,28 @@ async def test_killed_listener_connection_is_noticed_and_healed(redis: RedisServ
             got = await receive_until(a, lambda m: type(m) is CursorUpdate)
             assert got[-1].user_id == b.user_id  # type: ignore[union-attr]
             assert not [m for m in got if type(m) in (JoinDocument, LeaveDocument)]
+
+
+async def test_redis_missing_at_start_then_arriving(tmp_path: object) -> None:
+    late = RedisServer()  # not started yet: nothing listens on its port
+    servers = await spawn_instances(late, 1, check_ready=False)
+    (s1,) = servers
+    try:
+        await wait_ready(s1, False)
+        doc = new_id()
+        async with Client(s1.url, new_id()) as a, Client(s1.url, new_id()) as b:
+            await a.join(doc)  # served locally meanwhile
+            await b.join(doc)
+            await receive_until(a, lambda m: type(m) is JoinDocument)
+            late.start()
+            await wait_ready(s1, True)
+            assert sorted(late.strings("ZRANGE", f"{_prefix(s1)}:doc:{doc}:users", "0", "-1")) == (
+                sorted([a.user_id, b.user_id])
+            )
+            await b.cursor(doc, 1, 1)
+            await receive_until(a, lambda m: type(m) is CursorUpdate)
+        assert any("not ready" in line for line in s1.lines)
+    finally:
+        s1.kill()
+        s1.proc.wait(5)
+        late.close()

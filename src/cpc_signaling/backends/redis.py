@@ -381,7 +381,7 @@ class RedisBackend:
         self._failure: asyncio.Future[None] | None = None
         self._up = asyncio.Event()
         self._closing = False
-        self._ready = False
+        self._ready: bool | None = None  # None: not known yet (the first state is logged)
         self._reloads: set[asyncio.Task[None]] = set()
         self.dropped = 0
 
@@ -389,7 +389,7 @@ class RedisBackend:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._ready is True
 
     async def start(self, sink: EventSink, hooks: BackendHooks | None = None) -> None:
         self._sink = sink
@@ -461,6 +461,20 @@ class RedisBackend:
                 await broker.unsubscribe(document_id)
             except (RedisError, OSError) as exc:
                 self._fail(exc)
+
+    def stats(self) -> dict[str, tuple[str, float]]:
+        """Gauges for /metrics (read at scrape time by the service)."""
+        return {
+            "redis_pending_events": (
+                "events waiting to be written to Redis (queued and in flight)",
+                len(self._queue) + len(self._inflight),
+            ),
+            "redis_documents": ("documents this instance follows in Redis", len(self._docs)),
+            "redis_dropped_events": (
+                "events dropped because the Redis queue was full",
+                self.dropped,
+            ),
+        }
 
     async def load(self, document_id: str) -> DocumentState | None:
         """A document's shared state, read from Redis: for the server-side API
