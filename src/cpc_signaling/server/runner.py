@@ -29,6 +29,12 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
     await site.start()
     host, port = _bound_address(runner, config)
+    # Handlers before the "listening" line: whoever reads it may signal at once.
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     mode = f"redis {config.redis_url}" if config.redis_url else "in-memory state"
     log.info(
         "cpc-signaling listening on %s://%s:%d/ws (instance %s, %s)",
@@ -38,11 +44,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         service.instance_id,
         mode,
     )
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
