@@ -184,6 +184,8 @@ export interface DocumentEvents {
   message: [DocumentMessage];
   /** false when the connection dropped (the map is stale), true when re-joined. */
   connection: [boolean];
+  /** A re-join after a reconnect was refused (e.g. the document is full): the session is over. */
+  refused: [JoinError];
 }
 
 declare class Emitter<E extends { [K in keyof E]: unknown[] }> {

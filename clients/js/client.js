@@ -221,6 +221,7 @@ function applyPresence(entry, message) {
  *   "note"     (message)          an Annotation or Comment arrived (or was sent from here)
  *   "message"  (message)          every live message of this document
  *   "connection" (connected)      the client lost (false) or regained (true) this document
+ *   "refused"  (joinError)        a re-join after a reconnect was refused: the session is over
  */
 export class DocumentSession extends Emitter {
   #client;
@@ -894,14 +895,19 @@ export class CpcClient extends Emitter {
   #onError(error) {
     if (error.code === "AUTH_ERROR") this.#authFailed = true;
     this.#lastError = error;
-    // A refused join names its document in the message.
-    for (const [id, join] of this.#joins) {
-      const doc = this.#documents.get(id);
-      if (doc?.buffer !== null && error.message.includes(id)) {
-        this.#joins.delete(id);
+    // A refused join (document full, too many documents, not in the token's `docs`)
+    // is an AUTH_ERROR or DOCUMENT_ERROR naming its document.
+    const refusal = error.code === "AUTH_ERROR" || error.code === "DOCUMENT_ERROR";
+    for (const [id, doc] of refusal ? this.#documents : []) {
+      if (doc.buffer !== null && error.message.includes(id)) {
+        doc.buffer = null;
         this.#documents.delete(id);
-        doc?.cancel();
-        join.reject(new JoinError(error));
+        doc.disconnected();
+        const join = this.#joins.get(id);
+        this.#joins.delete(id);
+        // A join() call gets the rejection; a re-join after a reconnect tells the session.
+        if (join !== undefined) join.reject(new JoinError(error));
+        else doc.emit("refused", new JoinError(error));
         break;
       }
     }
