@@ -217,7 +217,7 @@ def test_time_from_a_cursor_move_to_its_render_in_the_other_page(open_page: Open
     moves = 30
     for _ in range(moves):
         alice.keyboard.press("ArrowRight")
-        alice.wait_for_timeout(100)  # slower than the 50 ms throttle: every move is sent
+        alice.wait_for_timeout(70)  # slower than the 50 ms throttle: every move is sent
     expect(bob.locator(f'.rc[data-user="{alice_id}"]')).to_have_attribute(
         "data-pos", f"0:{moves}", timeout=BOUND_MS
     )
