@@ -478,6 +478,7 @@ class Service:
             ),
             "ready": ("1 when /readyz answers 200", 1.0 if self.ready else 0.0),
             **_outbox_gauges(hub.connections.values()),
+            **(self.backend.stats() if hasattr(self.backend, "stats") else {}),
         }
 
 
