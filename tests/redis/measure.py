@@ -1,0 +1,175 @@
+"""Measurements for docs/scaling.md (not a test: nothing here is asserted).
+
+    .venv/bin/python -m tests.redis.measure [--messages 2000] [--crashes 3]
+
+Default server settings (heartbeat 2 s, instance timeout 6 s), loopback, a
+private redis-server. Prints cross-instance delivery latency (one message at a
+time, so no queueing), crash-to-leave time after kill -9, and the time to heal
+after Redis is killed, kept down for 10 s, and restarted empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import time
+
+from cpc_signaling.client import Client
+from cpc_signaling.protocol import CursorUpdate, JoinDocument, LeaveDocument
+
+from ..helpers import ServerProcess, new_id, receive_until, spawn_server
+from .cluster import wait_ready
+from .server import RedisServer
+
+
+async def start(redis: RedisServer, n: int, prefix: str) -> list[ServerProcess]:
+    servers = [
+        await spawn_server(
+            [
+                "--redis-url",
+                redis.url,
+                "--redis-prefix",
+                prefix,
+                "--instance-id",
+                f"m{i}",
+                "--rate-limit",
+                "0",
+            ]
+        )
+        for i in range(n)
+    ]
+    for s in servers:
+        await wait_ready(s, True)
+    return servers
+
+
+def stop(servers: list[ServerProcess]) -> None:
+    for s in servers:
+        s.kill()
+        s.proc.wait(5)
+
+
+async def latency(redis: RedisServer, count: int) -> None:
+    servers = await start(redis, 2, "lat")
+    try:
+        for label, url_b in (("same instance", servers[0].url), ("cross instance", servers[1].url)):
+            doc = new_id()
+            async with Client(servers[0].url, new_id()) as a, Client(url_b, new_id()) as b:
+                await a.join(doc)
+                await b.join(doc)
+                await receive_until(a, lambda m: type(m) is JoinDocument)
+                samples = []
+                for n in range(count):
+                    t0 = time.perf_counter()
+                    await a.cursor(doc, n, 0)
+                    while True:
+                        m = await b.receive(5)
+                        if type(m) is CursorUpdate and m.position.line == n:
+                            break
+                    samples.append(time.perf_counter() - t0)
+                samples.sort()
+                p99 = samples[int(len(samples) * 0.99) - 1]
+                print(
+                    f"{label}: {count} messages, median {statistics.median(samples) * 1e3:.2f} ms,"
+                    f" p99 {p99 * 1e3:.2f} ms, max {samples[-1] * 1e3:.2f} ms"
+                )
+    finally:
+        stop(servers)
+
+
+async def crash(redis: RedisServer, runs: int) -> None:
+    for run in range(runs):
+        servers = await start(redis, 2, f"crash{run}")
+        try:
+            doc = new_id()
+            async with Client(servers[0].url, new_id()) as a:
+                b = Client(servers[1].url, new_id(), reconnect=False)
+                await b.connect()
+                await a.join(doc)
+                await b.join(doc)
+                await receive_until(a, lambda m: type(m) is JoinDocument)
+                t0 = time.monotonic()
+                os.kill(servers[1].proc.pid, signal.SIGKILL)
+                await receive_until(a, lambda m: type(m) is LeaveDocument, timeout=30)
+                print(f"crash-to-leave (kill -9), run {run + 1}: {time.monotonic() - t0:.2f} s")
+                await b.close()
+        finally:
+            stop(servers)
+
+
+async def heal(redis: RedisServer, down_for: float) -> None:
+    servers = await start(redis, 2, "heal")
+    try:
+        doc = new_id()
+        async with Client(servers[0].url, new_id()) as a, Client(servers[1].url, new_id()) as b:
+            await a.join(doc)
+            await b.join(doc)
+            await receive_until(a, lambda m: type(m) is JoinDocument)
+            redis.stop()
+            await asyncio.gather(*(wait_ready(s, False, 30) for s in servers))
+            await asyncio.sleep(down_for)
+            redis.start()
+            t0 = time.monotonic()
+            await asyncio.gather(*(wait_ready(s, True, 30) for s in servers))
+            ready = time.monotonic() - t0
+            await b.cursor(doc, 1, 1)
+            await receive_until(a, lambda m: type(m) is CursorUpdate, timeout=30)
+            flowing = time.monotonic() - t0
+            print(
+                f"heal after Redis down {down_for:.0f} s and restarted empty: /readyz 200 on both"
+                f" after {ready:.2f} s, cross-instance message delivered after {flowing:.2f} s"
+            )
+    finally:
+        stop(servers)
+
+
+async def throughput(redis: RedisServer, count: int) -> None:
+    """Commit scripts per second on one Redis (one writer, pipelined like the backend)."""
+    from cpc_signaling.backends.redis import BATCH, RedisPresenceStore, _client
+    from cpc_signaling.core import Joined, Relayed
+    from cpc_signaling.protocol import Position, encode
+
+    client = _client(redis.url)
+    store = RedisPresenceStore(client, prefix="tput", instance_id="m0")
+    doc, user = new_id(), new_id()
+    await store.commit([(doc, Joined("m0/1", user))])
+    frame = encode(
+        CursorUpdate(
+            document_id=doc,
+            user_id=user,
+            position=Position(line=1, column=2),
+            timestamp="2026-01-01T00:00:00Z",
+        )
+    )
+    events = [(doc, Relayed("m0/1", user, "CursorUpdate", frame))] * count
+    t0 = time.perf_counter()
+    for start in range(0, count, BATCH * 8):
+        chunk = events[start : start + BATCH * 8]
+        await store.commit_pipelined([chunk[i : i + BATCH] for i in range(0, len(chunk), BATCH)])
+    elapsed = time.perf_counter() - t0
+    print(f"Redis commit throughput: {count / elapsed:,.0f} events/s ({count} cursor events)")
+    await client.aclose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--crashes", type=int, default=3)
+    parser.add_argument("--down-for", type=float, default=10.0)
+    args = parser.parse_args()
+    redis = RedisServer()
+    redis.start()
+    try:
+        await throughput(redis, 50_000)
+        await latency(redis, args.messages)
+        await crash(redis, args.crashes)
+        await heal(redis, args.down_for)
+    finally:
+        redis.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
