@@ -271,6 +271,44 @@ describe("reconnect", () => {
   });
 });
 
+describe("a refused re-join", () => {
+  test("ends the session with a 'refused' event", async () => {
+    const args = ["--max-members-per-document", "1"];
+    let server = await startServer(args);
+    const doc = newId();
+    // A gate in front of Alice's WebSocket: closed, her reconnects fail until it opens.
+    let gateOpen = true;
+    class GatedWebSocket extends WebSocket {
+      constructor(url) {
+        if (!gateOpen) throw new Error("gate closed");
+        super(url);
+      }
+    }
+    try {
+      const alice = client(server.url, { WebSocket: GatedWebSocket });
+      const aliceDoc = await alice.join(doc);
+      gateOpen = false;
+      const lost = waitFor(aliceDoc, "connection", (up) => up === false);
+      await server.kill();
+      await lost;
+      server = await startServer(args, { port: server.port });
+      const bob = client(server.url);
+      await bob.join(doc); // takes the only place
+      const refused = waitFor(aliceDoc, "refused");
+      gateOpen = true;
+      const error = await refused;
+      assert.ok(error instanceof JoinError);
+      assert.equal(error.code, "DOCUMENT_ERROR");
+      assert.equal(alice.document(doc), undefined);
+      assert.equal(aliceDoc.joined, false);
+      assert.equal(alice.state, "open", "the connection itself is fine");
+    } finally {
+      closeAll();
+      await server.stop();
+    }
+  });
+});
+
 describe("tokens", () => {
   const secret = "s".repeat(40);
   let server;
