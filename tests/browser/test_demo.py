@@ -110,10 +110,11 @@ def test_the_other_page_shows_cursor_selection_typing_status_and_comment(
 
     # Comment anchored to line 6 (index 5): in Bob's panel, and marked in his gutter.
     alice.fill("#note-line", "6")
-    alice.fill("#note-text", "Is 'instant' measurable?")
+    alice.fill("#note-text", "Is <b>instant</b> measurable?")
     alice.click("#note-form button[type=submit]")
     note = bob.locator(f'.note[data-user="{alice_id}"]')
-    expect(note).to_contain_text("Is 'instant' measurable?", timeout=BOUND_MS)
+    expect(note).to_contain_text("Is <b>instant</b> measurable?", timeout=BOUND_MS)
+    expect(note.locator("b")).to_have_count(0)  # shown as text, never as markup
     expect(note).to_have_attribute("data-kind", "Comment")
     expect(note).to_have_attribute("data-line", "5")
     expect(note.locator(".line-chip")).to_have_text("L6")
