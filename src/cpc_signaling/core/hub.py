@@ -304,8 +304,8 @@ class Hub(Generic[P]):
 
     def _forget_if_idle(self, state: DocumentState) -> None:
         doc_id = state.document_id
-        if doc_id in self.local_members:
-            return
+        if doc_id in self.local_members or doc_id in self.local_refs:
+            return  # a local join is on its way: it needs this replica (stored messages)
         if not self.retain_idle or state.is_empty():
             del self.documents[doc_id]
             self._idle.pop(doc_id, None)
