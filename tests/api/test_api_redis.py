@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-import aiohttp
 import pytest
 
 from cpc_signaling.client import ClientError
@@ -27,6 +26,13 @@ from ..helpers import (
 )
 from ..redis.server import RedisServer, redis_server
 from .test_api import AUTH, KEY, call, comment_body
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll a state flag the service exposes without an event (readiness, subscription)."""
+    async with asyncio.timeout(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 - no event to await for these flags
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,11 @@ async def two_instances(redis: RedisServer) -> AsyncIterator[tuple[RunningServer
 
 async def test_publish_presence_disconnect_across_instances(redis: RedisServer) -> None:
     doc = new_id()
-    async with two_instances(redis) as (a, b), a.client() as on_a, b.client() as on_b:
+    async with (
+        two_instances(redis) as (a, b),
+        a.client() as on_a,
+        b.client(reconnect=False) as on_b,  # kicked below: no automatic way back in
+    ):
         await on_a.join(doc)
         await on_b.join(doc)
         assert await on_a.receive(TIMEOUT) == JoinDocument(document_id=doc, user_id=on_b.user_id)
@@ -90,7 +100,6 @@ async def test_publish_presence_disconnect_across_instances(redis: RedisServer) 
         assert payload == {"user_id": on_b.user_id, "closed_here": 0, "all_instances": True}
         got = await receive_until(on_a, lambda m: isinstance(m, LeaveDocument))
         assert got[-1] == LeaveDocument(document_id=doc, user_id=on_b.user_id)
-        on_b.reconnect = False
         with pytest.raises(ClientError):
             while True:
                 await on_b.receive(TIMEOUT)
@@ -103,21 +112,39 @@ async def test_api_answers_503_while_redis_is_down() -> None:
             assert srv.service.ready
             own.stop()
             doc = new_id()
-            async with aiohttp.ClientSession() as session:
-                async with asyncio.timeout(TIMEOUT):
-                    while srv.service.ready:  # until the instance notices (polls /readyz)
-                        async with session.get(srv.http + "/readyz"):
-                            await asyncio.sleep(0.02)
-                status, payload, _ = await call(
-                    srv,
-                    "POST",
-                    f"/api/documents/{doc}/messages",
-                    comment_body(doc, new_id()),
-                    AUTH,
-                )
-                assert status == 503, payload
-                assert payload["Error"]["code"] == "CONNECTION_ERROR"
-                status, payload, _ = await call(
-                    srv, "GET", f"/api/documents/{doc}/presence", headers=AUTH
-                )
-                assert status == 503, json.dumps(payload)
+            await wait_for(lambda: not srv.service.ready)  # until the instance notices
+            status, payload, _ = await call(
+                srv,
+                "POST",
+                f"/api/documents/{doc}/messages",
+                comment_body(doc, new_id()),
+                AUTH,
+            )
+            assert status == 503, payload
+            assert payload["Error"]["code"] == "CONNECTION_ERROR"
+            status, payload, _ = await call(
+                srv, "GET", f"/api/documents/{doc}/presence", headers=AUTH
+            )
+            assert status == 503, json.dumps(payload)
+
+
+async def test_control_channel_heals_after_a_redis_restart() -> None:
+    with redis_server() as own:
+        options = {"redis_url": own.url, "api_key": KEY}
+        async with running_server(**options) as a, running_server(**options) as b:
+            for srv in (a, b):
+                await srv.service.control.wait_subscribed(TIMEOUT)
+            own.stop()
+            await wait_for(lambda: not b.service.control.connected)  # it notices the loss
+            assert "cpc_control_connected 0.0" in b.service.metrics.render().decode()
+            own.start()
+            for srv in (a, b):
+                await srv.service.control.wait_subscribed(TIMEOUT)
+                await wait_for(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
+            async with b.client(reconnect=False) as victim:
+                await victim.join(new_id())
+                assert await a.service.disconnect(victim.user_id) == 0
+                with pytest.raises(ClientError):
+                    while True:
+                        await victim.receive(TIMEOUT)
+                assert victim.close_code == 1008
