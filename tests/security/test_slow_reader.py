@@ -96,7 +96,7 @@ async def test_stalled_reader_is_conflated_and_bounded_and_catches_up() -> None:
                     sent += 1
                 await receive_until(
                     a,
-                    lambda m, n=sent - 1: (  # type: ignore[misc]
+                    lambda m, n=sent - 1: (
                         type(m).__name__ == "PresenceUpdate" and m.cursor.line == n
                     ),
                 )
