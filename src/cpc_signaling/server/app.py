@@ -109,6 +109,8 @@ class WsPeer:
         "_service",
         "_transport",
         "closed",
+        "last_seen",
+        "ping_sent",
         "ws",
     )
 
@@ -129,6 +131,23 @@ class WsPeer:
         self._pending: list[bytes] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self.closed = False
+        self.last_seen = 0.0  # loop time of the last frame received (set by the handler)
+        self.ping_sent = 0.0  # loop time of the unanswered ping, 0 when none
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """The :class:`Keepalive` sweep: ping after ``interval`` of silence; a ping
+        unanswered for ``timeout`` means the peer is gone: drop the connection (the
+        handler then runs ``on_close``, which leaves every document)."""
+        if self.closed:
+            return
+        if self.ping_sent:
+            if now - self.ping_sent >= timeout:
+                log.info("connection closed: no pong within %ss", timeout)
+                self.closed = True
+                self._transport.close()
+        elif now - self.last_seen >= interval:
+            self.ping_sent = now
+            self._transport.write(_PING)
 
     def deliver(self, send: Send[Peer]) -> None:
         wire = send.wire
@@ -203,7 +222,51 @@ class WsPeer:
         self._service.spawn(self.ws.close(code=code, message=reason.encode(), drain=False))
 
 
+_PING = b"\x89\x00"  # a server's ping frame, empty payload
+
+
+class Keepalive:
+    """Pings for every connection from one timer, instead of a timer each.
+
+    aiohttp's per-connection heartbeat costs a timer per connection and a
+    callback per chunk received; this sweep wakes every quarter of the shorter
+    of ``interval`` and ``timeout`` and looks at each connection's ``last_seen``:
+    the same contract (ping after ``interval`` of silence, close when the pong
+    does not come within ``timeout``), at a fixed cost per sweep.
+    """
+
+    __slots__ = ("_handle", "interval", "peers", "timeout")
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.peers: dict[WsPeer, None] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, peer: WsPeer) -> None:
+        self.peers[peer] = None
+        if self._handle is None:
+            self._schedule(asyncio.get_running_loop())
+
+    def discard(self, peer: WsPeer) -> None:
+        self.peers.pop(peer, None)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = loop.call_later(min(self.interval, self.timeout) / 4, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        if not self.peers:
+            return
+        now = loop.time()
+        interval, timeout = self.interval, self.timeout
+        for peer in list(self.peers):
+            peer.keepalive(now, interval, timeout)
+        self._schedule(loop)
+
+
 COALESCER: web.AppKey[Coalescer] = web.AppKey("coalescer", Coalescer)
+KEEPALIVE: web.AppKey[Keepalive | None] = web.AppKey("keepalive")
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
@@ -217,27 +280,38 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     config = service.config
     ws = web.WebSocketResponse(
         max_msg_size=config.max_message_bytes,
-        heartbeat=config.ping_interval or None,
+        autoping=False,  # pings and pongs are ours: see Keepalive
         compress=False,
         decode_text=False,
     )
-    if config.ping_interval:
-        # aiohttp waits heartbeat/2 for the pong; the contract gives its own timeout.
-        ws._pong_heartbeat = config.ping_timeout
     await ws.prepare(request)
     peer = WsPeer(ws, request, service, request.app[COALESCER])
+    loop = asyncio.get_running_loop()
+    keepalive = request.app[KEEPALIVE]
+    peer.last_seen = loop.time()
+    if keepalive is not None:
+        keepalive.add(peer)
     admitted = service.admit(peer, token)
     if admitted is None:  # refused: the Error is sent and the close started
-        async for _ in ws:
-            pass
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            if keepalive is not None:
+                keepalive.discard(peer)
         return ws
     conn: Connection[Peer] = admitted
     try:
         async for msg in ws:
+            peer.last_seen = loop.time()
             if msg.type is WSMsgType.TEXT:
                 pending = service.on_frame(conn, msg.data)
                 if pending is not None:
                     await pending
+            elif msg.type is WSMsgType.PONG:
+                peer.ping_sent = 0.0
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 service.metrics.bytes_in.inc(len(msg.data))
                 service.reject(
@@ -248,6 +322,8 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
                 )
     finally:
         peer.closed = True
+        if keepalive is not None:
+            keepalive.discard(peer)
         service.on_close(conn)
     return ws
 
@@ -276,6 +352,10 @@ def create_app(service: Service) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
     app[COALESCER] = Coalescer()
+    config = service.config
+    app[KEEPALIVE] = (
+        Keepalive(config.ping_interval, config.ping_timeout) if config.ping_interval else None
+    )
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
