@@ -59,6 +59,7 @@ async def expect_refused(url: str, fragment: str, **kwargs: Any) -> None:
         (lambda u: token(u, now=time.time() - 3600, ttl=60), "expired"),
         (lambda u: token(u, audience="someone-else"), "audience"),
         (lambda u: token("not-a-uuid"), "`sub`"),
+        (lambda u: token(u + "\n"), "`sub`"),
         (lambda u: token(u, docs=["nope"]), "`docs`"),
         (lambda u: token(u, extra={"docs": "a-string"}), "`docs`"),
         (lambda u: jwt.encode({"sub": u}, SECRET, algorithm="HS256"), "`exp`"),
@@ -84,6 +85,7 @@ async def expect_refused(url: str, fragment: str, **kwargs: Any) -> None:
         "long-expired",
         "wrong-audience",
         "sub-not-uuid",
+        "sub-trailing-newline",
         "docs-not-uuids",
         "docs-not-list",
         "no-exp",
@@ -305,6 +307,20 @@ async def test_spoofed_user_id_in_every_message_type(authenticated: bool) -> Non
             stored_or_presence = [m for m in snapshot if not isinstance(m, JoinDocument)]
             assert stored_or_presence, snapshot
             assert all(getattr(m, "user_id", None) == mallory for m in stored_or_presence), snapshot
+
+
+async def test_an_id_with_a_trailing_newline_is_not_an_id() -> None:
+    # `$` in a regex also matches before a final newline: "<victim>\n" must not pass for an id.
+    async with running_server() as server:
+        victim = new_id()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.url) as ws,
+        ):
+            for doc, user in ((new_id(), victim + "\n"), (new_id() + "\n", victim)):
+                await ws.send_str(frame("JoinDocument", document_id=doc, user_id=user))
+                reply = await read_json(ws)
+                assert reply["Error"]["code"] == ErrorCode.PARSE_ERROR, reply
 
 
 def test_authenticator_unit() -> None:

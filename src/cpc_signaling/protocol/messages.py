@@ -12,13 +12,15 @@ from typing import Annotated, Final
 
 import msgspec
 
+# \Z, not $: `$` also matches before a trailing newline, and "<victim's id>\n" would
+# pass for a different user that a UI may display as the victim.
 UUID_PATTERN: Final = (
-    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
 # RFC 3339 date-time ("T" or "t", offset or "Z"/"z"), with ranges checked per field.
 TIMESTAMP_PATTERN: Final = (
     r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
-    r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+    r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)\Z"
 )
 
 UUIDStr = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]

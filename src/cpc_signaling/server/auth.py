@@ -28,9 +28,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..protocol.messages import UUID_PATTERN
 from .config import Config
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(UUID_PATTERN)
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 # Shorter HMAC secrets are brute-forceable offline from any token (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
@@ -151,6 +152,8 @@ class Authenticator:
             raise AuthError("token is not valid yet (nbf/iat in the future)") from None
         except jwt.PyJWTError as exc:
             raise AuthError(f"malformed token: {_safe(exc)}") from None
+        except Exception:  # whatever a hostile token trips in a library: still a refusal
+            raise AuthError("malformed token") from None
         return self._identity(claims)
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
