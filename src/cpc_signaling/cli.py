@@ -35,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_command(args)
     if args.command == "serve":
         config = Config.from_namespace(args)
+        from .server.auth import config_problem
+
+        problem = config_problem(config)
+        if problem:
+            serve_parser.error(problem)
         setup_logging(config.log_level, config.log_format)
         from .server.runner import run
 

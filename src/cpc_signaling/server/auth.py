@@ -19,6 +19,7 @@ Choices where the contract is silent (docs/security.md explains them):
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +217,21 @@ class OriginPolicy:
 
 def _normalize(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
+
+
+def config_problem(config: Config) -> str | None:
+    """Why the security options cannot work (a bad key file, half a TLS pair), or None."""
+    try:
+        Authenticator.from_config(config)
+    except (OSError, ValueError) as exc:
+        return f"--jwt-secret/--jwt-public-key: {exc}"
+    if bool(config.tls_cert) != bool(config.tls_key):
+        return "--tls-cert and --tls-key go together"
+    if config.tls_cert and config.tls_key:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.tls_cert, config.tls_key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            return f"--tls-cert/--tls-key: {exc}"
+    return None
