@@ -85,7 +85,7 @@ class Clock:
 class Layout:
     """Who is who: connection ``g`` is user ``g % users`` of document ``g // users``."""
 
-    url: str
+    url: str  # several, comma-separated: connection g goes to the (g % n)-th
     doc_ids: list[str]
     user_ids: list[str]  # one per connection (may repeat when a shared token imposes one)
     tokens: list[str | None]
@@ -130,6 +130,8 @@ class BenchConnection(asyncio.Protocol):
         self.key = b""
         self.close_code: int | None = None
         layout = worker.layout
+        urls = layout.url.split(",")
+        self.url = urlsplit(urls[index % len(urls)].strip())
         doc, user = layout.doc_ids[index // layout.users], layout.user_ids[index]
         self.user_id = user.encode()
         if layout.payload == "presence":
@@ -154,7 +156,7 @@ class BenchConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        url = urlsplit(self.worker.layout.url)
+        url = self.url
         path = url.path or "/"
         query = url.query
         token = self.worker.layout.tokens[self.index]
@@ -326,10 +328,6 @@ class Worker:
 
     async def connect(self, concurrency: int = 64) -> tuple[int, list[str]]:
         """Open and join every connection; returns (how many failed, first few reasons)."""
-        url = urlsplit(self.layout.url)
-        host = url.hostname or "127.0.0.1"
-        port = url.port or (443 if url.scheme == "wss" else 80)
-        ssl: Any = True if url.scheme == "wss" else None
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(concurrency)
         failures: list[str] = []
@@ -337,6 +335,10 @@ class Worker:
         async def one(index: int) -> None:
             async with gate:
                 conn = BenchConnection(self, index)
+                url = conn.url
+                host = url.hostname or "127.0.0.1"
+                port = url.port or (443 if url.scheme == "wss" else 80)
+                ssl: Any = True if url.scheme == "wss" else None
                 try:
                     await loop.create_connection(lambda: conn, host, port, ssl=ssl)
                     await asyncio.wait_for(conn.ready, 30)
