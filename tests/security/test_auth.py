@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpc_signaling.client import Client, JoinError
 from cpc_signaling.protocol import CursorUpdate, ErrorCode, JoinDocument, LeaveDocument
@@ -413,3 +415,42 @@ async def test_first_log_line_says_open_without_a_key() -> None:
     finally:
         assert server.stop() == 0
     await asyncio.sleep(0)
+
+
+AUTH = Authenticator(secret=SECRET)
+
+
+def sign_any(claims: dict[str, Any]) -> str:
+    """HS256 over any JSON payload, NaN and Infinity included (PyJWT's encode refuses some)."""
+    import base64
+    import hashlib
+    import hmac
+    import json as _json
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(_json.dumps(claims).encode())
+    signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
+claim_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+claim_values = claim_values | st.lists(claim_values, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=300)
+    | st.dictionaries(
+        st.sampled_from(["sub", "exp", "nbf", "iat", "docs", "aud", "iss", "x"]),
+        claim_values,
+    ).map(sign_any)
+)
+def test_any_token_is_an_identity_or_an_auth_error(value: str) -> None:
+    try:
+        identity = AUTH.authenticate(value)
+    except AuthError as exc:
+        assert exc.message
+    else:
+        assert identity.user_id == identity.user_id.lower()
