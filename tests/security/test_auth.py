@@ -435,8 +435,10 @@ def sign_any(claims: dict[str, Any]) -> str:
     return (signing_input + b"." + b64(signature)).decode()
 
 
-claim_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
-claim_values = claim_values | st.lists(claim_values, max_size=3)
+_scalars: st.SearchStrategy[Any] = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+)
+claim_values: st.SearchStrategy[Any] = _scalars | st.lists(_scalars, max_size=3)
 
 
 @settings(max_examples=300, deadline=None)
