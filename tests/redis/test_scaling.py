@@ -299,3 +299,35 @@ async def test_join_while_the_last_member_leaves_keeps_stored_messages(
                     [Comment, JoinDocument],
                     [JoinDocument, Comment, JoinDocument],
                 ), snapshot
+
+
+async def test_flushall_is_noticed_and_state_is_rebuilt(redis: RedisServer) -> None:
+    doc = new_id()
+    async with (
+        instances(redis, 2) as (s1, s2),
+        Client(s1.url, new_id()) as a,
+        Client(s2.url, new_id()) as b,
+    ):
+        await a.join(doc)
+        await b.join(doc)
+        await b.cursor(doc, 4, 4)
+        await receive_until(a, lambda m: type(m) is CursorUpdate)
+        prefix = _prefix(s1)
+        redis.command("FLUSHALL")
+        # Both notice (their liveness keys vanished) and re-register.
+        async with asyncio.timeout(3 * TIMEOUT):
+            for s in (s1, s2):
+                while await metric(s, "cpc_backend_failures_total") < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            while len(redis.strings("ZRANGE", f"{prefix}:doc:{doc}:users", "0", "-1")) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await asyncio.gather(wait_ready(s1, True), wait_ready(s2, True))
+        async with Client(s1.url, new_id()) as c:
+            snapshot = await c.join(doc)
+            assert sorted(joins(snapshot)[:-1]) == sorted([a.user_id, b.user_id])
+            assert [user_of(m) for m in snapshot if type(m) is CursorUpdate] == [b.user_id]
+        await b.cursor(doc, 5, 5)
+        got = await receive_until(a, lambda m: type(m) is CursorUpdate)
+        # a saw c come and go, b's cursor; never b leaving.
+        assert LeaveDocument(document_id=doc, user_id=b.user_id) not in got
+        assert user_of(got[-1]) == b.user_id

@@ -514,7 +514,12 @@ class RedisBackend:
             assert self._sink is not None
             self._sink(document_id, event)
             return
-        # A gap (a lost message) or a counter that went back (keys lost): reload.
+        if seq <= doc.applied:
+            # The counter went back: Redis lost its data (FLUSHALL, a failover to a
+            # stale replica). Re-register everything, as after a restart.
+            self._fail(RuntimeError(f"document {document_id}: sequence went back to {seq}"))
+            return
+        # A gap: a message was lost on the way. Reload the document.
         log.warning(
             "document %s: expected seq %d, got %d: reloading",
             document_id,
