@@ -432,7 +432,7 @@ class RedisBackend:
             # Local for now; the restore loads it (and reconciles) when Redis is back.
             doc.live = False
             return None
-        broker, store = self._broker, self._store
+        broker, store, failure = self._broker, self._store, self._failure
         assert broker is not None and store is not None
         doc.live = False
         doc.buffer.clear()
@@ -440,8 +440,11 @@ class RedisBackend:
             await broker.subscribe(document_id)  # first, so nothing after the load is missed
             state = await store.load(document_id)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._fail(exc)
+            if failure is self._failure:
+                self._fail(exc)
             return None
+        if failure is not self._failure or self._mode != "up":
+            return None  # the connection was lost meanwhile: the restore handles this document
         doc.applied = state.seq
         # The caller installs the state right after this returns; then the backlog.
         asyncio.get_running_loop().call_soon(self._go_live, document_id, doc)
