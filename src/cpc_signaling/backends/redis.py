@@ -645,7 +645,9 @@ class RedisBackend:
         store, broker = self._store, self._broker
         assert store is not None and broker is not None
         self._mode = "restoring"  # submits queue up until the replicas are reconciled
-        await self._race(store.heartbeat(self.config.instance_timeout), listener)
+        timeout, interval = self.config.instance_timeout, self.config.heartbeat_interval
+        await self._race(store.heartbeat(timeout), listener)
+        beat = time.monotonic()
         await self._race(store.sync(self._held()), listener)
         loaded: set[str] = set()
         while True:
@@ -653,6 +655,10 @@ class RedisBackend:
             if not pending:
                 return
             for document_id in pending:
+                if time.monotonic() - beat > interval:
+                    # Many documents to restore: stay alive meanwhile.
+                    await self._race(store.heartbeat(timeout), listener)
+                    beat = time.monotonic()
                 loaded.add(document_id)
                 doc = self._docs.get(document_id)
                 if doc is None:
