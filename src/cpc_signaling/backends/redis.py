@@ -421,7 +421,9 @@ class RedisBackend:
         for task in list(self._reloads):
             task.cancel()
         await self._disconnect()
-        self._set_ready(False, "closed")
+        self._ready = False
+        self._report(False, "closed")
+        log.info("Redis backend closed (instance %s)", self.instance_id)
 
     async def attach(self, document_id: str) -> DocumentState | None:
         doc = self._docs.get(document_id)
