@@ -107,25 +107,40 @@ async def test_one_user_on_two_instances_is_announced_once(redis: RedisServer) -
 
 
 async def test_kill_9_announces_leaves_within_the_bound(redis: RedisServer) -> None:
-    doc = new_id()
-    async with instances(redis, 2) as (s1, s2), Client(s1.url, new_id()) as a:
+    doc, multi = new_id(), new_id()
+    async with (
+        instances(redis, 2) as (s1, s2),
+        Client(s1.url, new_id()) as a,
+        Client(s1.url, multi) as tab1,
+    ):
         b = Client(s2.url, new_id(), reconnect=False)
+        tab2 = Client(s2.url, multi, reconnect=False)  # the same user, on the doomed instance
         await b.connect()
+        await tab2.connect()
         await a.join(doc)
+        await tab1.join(doc)
+        await tab2.join(doc)
         await b.join(doc)
-        await a.receive(TIMEOUT)
+        await receive_until(a, lambda m: type(m) is JoinDocument and m.user_id == b.user_id)
         killed = time.monotonic()
         os.kill(s2.proc.pid, signal.SIGKILL)
         got = await receive_until(a, lambda m: type(m) is LeaveDocument, timeout=4 * TIMEOUT)
         elapsed = time.monotonic() - killed
-        assert got[-1] == LeaveDocument(document_id=doc, user_id=b.user_id)
+        assert got == [LeaveDocument(document_id=doc, user_id=b.user_id)]
         # heartbeat 0.3 s, timeout 1.2 s: detected within timeout + one interval (+ slack).
         assert elapsed < 1.2 + 0.3 + 1.5, elapsed
         print(f"crash-to-leave: {elapsed:.2f} s (heartbeat 0.3 s, instance timeout 1.2 s)")
         async with Client(s1.url, new_id()) as c:
-            assert joins(await c.join(doc)) == [a.user_id, c.user_id]  # no zombie
-        assert await metric(s1, "cpc_backend_reaped_total") == 1
+            # No zombie; the user still connected through s1 stays, never announced gone.
+            assert joins(await c.join(doc)) == [a.user_id, multi, c.user_id]
+        got = await receive_until(a, lambda m: type(m) is LeaveDocument)
+        assert got == [
+            JoinDocument(document_id=doc, user_id=c.user_id),
+            LeaveDocument(document_id=doc, user_id=c.user_id),
+        ]
+        assert await metric(s1, "cpc_backend_reaped_total") == 2
         await b.close()
+        await tab2.close()
 
 
 async def test_sigterm_drain_announces_leaves_at_once(redis: RedisServer) -> None:
