@@ -43,7 +43,15 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
-    """An in-process server on a free port with ``Config`` overrides."""
+    """An in-process server on a free port with ``Config`` overrides.
+
+    ``CPC_TEST_TRANSPORT=asgi`` makes it the ASGI app under uvicorn instead: a
+    parity run of every test over the other transport (docs/embedding.md).
+    """
+    if os.environ.get("CPC_TEST_TRANSPORT") == "asgi":
+        async with running_asgi_server(**overrides) as running:
+            yield running
+        return
     config = replace(Config(port=0), **overrides)
     service = Service(config)
     await service.start()

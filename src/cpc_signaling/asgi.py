@@ -62,6 +62,9 @@ Receive = Callable[[], Awaitable[ASGIMessage]]
 Send_ = Callable[[ASGIMessage], Awaitable[None]]
 
 _BINARY_REFUSED = "binary frames are not accepted: send JSON text"
+# A slow reader closed with 1013 while its socket is full gets this long to read
+# its backlog and the close frame before its connection is dropped.
+CLOSE_TIMEOUT = 10.0
 
 
 def create_app(config: Config | None = None, *, service: Service | None = None) -> SignalingApp:
@@ -79,6 +82,7 @@ class AsgiPeer:
 
     __slots__ = (
         "_close",
+        "_drop",
         "_outbox",
         "_send",
         "_sending",
@@ -97,6 +101,7 @@ class AsgiPeer:
         self._outbox = Outbox(service.config.outbox_max_bytes)
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
+        self._drop = False  # over its bound: frames not yet written are dropped
         self._sending = False
         self._writer: asyncio.Task[None] | None = None
         self.closed = False  # no more frames will be written
@@ -133,10 +138,13 @@ class AsgiPeer:
             )
             self._service.metrics.closes.labels("slow_reader").inc()
             self._outbox.take()
+            self._drop = True
             self.close(1013, "reader too slow")
             if self._sending:
-                # Its socket is full: no close frame can get through either. Drop it.
-                self._abort()
+                # Its socket is full: the close frame goes out when (if) it reads again,
+                # behind its backlog. A reader that never does is dropped after a while.
+                loop = asyncio.get_running_loop()
+                loop.call_later(CLOSE_TIMEOUT, self._abort_if_stuck)
             return
         self._wake.set()
 
@@ -150,6 +158,12 @@ class AsgiPeer:
             # Leave at once, as the aiohttp transport does when it closes; deferred so
             # that a close decided in the middle of a fan-out does not re-enter it.
             asyncio.get_running_loop().call_soon(self._service.on_close, conn)
+
+    def _abort_if_stuck(self) -> None:
+        writer = self._writer
+        if self._sending and writer is not None and not writer.done():
+            log.info("slow reader never read its close frame: dropped", extra=self._log_context())
+            self._abort()
 
     def _abort(self) -> None:
         self.closed = self.aborted = True
@@ -170,10 +184,12 @@ class AsgiPeer:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._outbox:
+                while self._outbox and not self._drop:
                     for frame in self._outbox.take():
                         if self.closed:
                             return
+                        if self._drop:
+                            break
                         self._sending = True
                         await send({"type": "websocket.send", "text": frame.decode()})
                         self._sending = False

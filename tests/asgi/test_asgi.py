@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import aiohttp
 import pytest
@@ -28,6 +27,7 @@ from cpc_signaling.server import Config
 from cpc_signaling.tokens import mint_token
 
 from ..helpers import TIMEOUT, new_id, receive_until, running_asgi_server, serving_uvicorn
+from ..security.support import RawWebSocket
 
 SECRET = "s" * 40
 
@@ -157,8 +157,8 @@ async def test_mounted_under_a_prefix_in_starlette() -> None:
 
 
 async def test_slow_reader_is_closed_1013_and_leaves() -> None:
-    # A reader that stops reading: its frames wait in its outbox; presence is conflated
-    # while it is behind; past the bound on non-droppable frames it is closed and leaves.
+    # A reader that stops reading: past the bound on frames that cannot be dropped it
+    # leaves at once, and finds the close code 1013 behind its backlog when it reads.
     bound = 64 * 1024
     async with running_asgi_server(outbox_max_bytes=bound, rate_limit=0) as srv:
         doc = new_id()
@@ -167,22 +167,15 @@ async def test_slow_reader_is_closed_1013_and_leaves() -> None:
             await watcher.join(doc)
             await writer.receive(TIMEOUT)
             stalled_user = new_id()
-            # A raw socket that joins and then never reads again.
-            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            raw.connect(("127.0.0.1", int(srv.http.rsplit(":", 1)[1])))
-            reader, sock_writer = await asyncio.open_connection(sock=raw, limit=4096)
-            await _handshake(reader, sock_writer)
-            _send_text(sock_writer, frame("JoinDocument", document_id=doc, user_id=stalled_user))
-            await sock_writer.drain()
+            raw = await RawWebSocket.connect(srv.url)  # joins, then never reads
+            await raw.send_text(frame("JoinDocument", document_id=doc, user_id=stalled_user))
             await receive_until(
                 watcher, lambda m: m == JoinDocument(document_id=doc, user_id=stalled_user)
             )
             await receive_until(
                 writer, lambda m: m == JoinDocument(document_id=doc, user_id=stalled_user)
             )
-            # Comments cannot be conflated: enough of them overflow any socket buffer + bound.
-            text = "c" * 4000
+            text = "c" * 9000
             got: list[object] = []
             for i in range(3000):
                 await writer.comment(doc, i, 0, text)
@@ -195,35 +188,7 @@ async def test_slow_reader_is_closed_1013_and_leaves() -> None:
             assert got[-1] == LeaveDocument(document_id=doc, user_id=stalled_user)
             assert not any(isinstance(m, Error) for m in got)
             assert srv.service.metrics.closes.labels("slow_reader")._value.get() == 1
-            sock_writer.close()
-
-
-async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    import base64
-    import os
-
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-
-
-def _send_text(writer: asyncio.StreamWriter, text: str) -> None:
-    import os
-    import struct
-
-    payload = text.encode()
-    mask = os.urandom(4)
-    n = len(payload)
-    assert n < 65536
-    short = n < 126
-    header = struct.pack("!BB", 0x81, 0x80 | n) if short else struct.pack("!BBH", 0x81, 0xFE, n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    writer.write(header + mask + masked)
+            frames = [f async for f in raw.frames(TIMEOUT)]
+            raw.close()
+            assert raw.close_code == 1013, (raw.close_code, len(frames))
+            assert len(frames) < i  # the frames not yet written when it was closed are dropped
