@@ -298,12 +298,15 @@ export class DocumentSession extends Emitter {
   /** Tell the others whether this user is typing. Sent at once. */
   typing(isTyping = true) {
     this.#local.isTyping = Boolean(isTyping);
+    const pending = this.#pending.PresenceUpdate;
+    if (pending) pending.is_typing = Boolean(isTyping); // or it would undo this one
     return this.#send("TypingIndicator", { is_typing: Boolean(isTyping) });
   }
 
   /** Set this user's status ("online", "away", "busy", or any 1-64 character string). */
   status(status) {
-    if (typeof status !== "string" || status.length < 1 || status.length > 64) {
+    const length = typeof status === "string" ? [...status].length : 0; // code points, as the server counts
+    if (length < 1 || length > 64) {
       throw new TypeError("status must be a string of 1 to 64 characters");
     }
     this.#local.status = status;
@@ -335,6 +338,7 @@ export class DocumentSession extends Emitter {
       throw new TypeError("content must be a non-empty string");
     }
     if (!this.#client.connected) throw new ClientError("not connected");
+    if (!this.#current()) throw new ClientError(`not joined to ${this.id}`);
     const message = {
       type,
       document_id: this.id,
@@ -356,7 +360,13 @@ export class DocumentSession extends Emitter {
     this.emit("note", message);
   }
 
+  // False once this session was left (or refused): a left document's sends are dropped.
+  #current() {
+    return this.#client.document(this.id) === this;
+  }
+
   #send(type, body) {
+    if (!this.#current()) return false;
     return this.#client.sendMessage({
       type,
       document_id: this.id,

@@ -183,6 +183,16 @@ describe("against a real server", () => {
         [8, 5],
       ],
     );
+
+    // typing(false) sent at once also corrects a pending PresenceUpdate that says typing.
+    await new Promise((resolve) => setTimeout(resolve, 70));
+    const here = { cursor: at(9, 0), selection: { start: at(9, 0), end: at(9, 0) } };
+    slowDoc.presence({ ...here, isTyping: true });
+    slowDoc.presence({ ...here, isTyping: true }); // pending
+    slowDoc.typing(false);
+    await until(() => presence.length === 4, undefined, "the pending PresenceUpdate");
+    assert.equal(presence.at(-1).is_typing, false);
+    assert.equal(watchDoc.users.get(slow.userId).isTyping, false);
   });
 
   test("a second tab of the same user gets the messages but is not in the map", async () => {
