@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ..helpers import new_id
+from ..helpers import UNIT, new_id
 from .conftest import (
     BOUND_MS,
     REPORT,
@@ -378,8 +378,10 @@ def test_after_a_server_restart_the_pages_reconnect_and_see_each_other_again(
         expect(bob.locator("#conn")).to_have_text("Reconnecting…", timeout=BOUND_MS)
         server = start_demo_server(port=server.port)
         # Both re-join; Alice's page re-sends her cursor and status; Bob's map is rebuilt.
-        expect(bob.locator("#conn")).to_have_text("Live", timeout=BOUND_MS + 10_000)
-        expect(row).to_have_attribute("data-status", "busy", timeout=BOUND_MS + 10_000)
+        # (The backoff ceiling reaches 8-10 s if the restart is slow: allow for one full wait.)
+        reconnect_ms = BOUND_MS + 20_000 * UNIT
+        expect(bob.locator("#conn")).to_have_text("Live", timeout=reconnect_ms)
+        expect(row).to_have_attribute("data-status", "busy", timeout=reconnect_ms)
         expect(bob.locator(f'.rc[data-user="{alice_id}"]')).to_have_attribute(
             "data-pos", "5:4", timeout=BOUND_MS
         )
