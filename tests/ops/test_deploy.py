@@ -45,6 +45,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.timeout(600)  # pip over the network, on a fresh machine without a cache
 def test_dockerfile_python_steps_build_and_serve(tmp_path: Path) -> None:
     steps = dockerfile_instructions()
     src, wheels = tmp_path / "src", tmp_path / "wheels"
