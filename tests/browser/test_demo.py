@@ -45,12 +45,15 @@ def expect(locator: Locator) -> LocatorAssertions:
     return playwright_expect(locator)
 
 
-def go(page: Page, line: int, column: int) -> None:
-    """Put the caret at (line, column) with the keyboard, as a person would."""
+def go(page: Page, line: int, column: int | None = None) -> None:
+    """Put the caret at (line, column), or at the end of the line, with the keyboard."""
     page.focus("#text")
     page.keyboard.press("Control+Home")
     for _ in range(line):
         page.keyboard.press("ArrowDown")
+    if column is None:
+        page.keyboard.press("End")
+        return
     page.keyboard.press("Home")
     for _ in range(column):
         page.keyboard.press("ArrowRight")
@@ -273,7 +276,7 @@ def test_screenshots_with_three_users(open_page: OpenPage) -> None:
     c.fill("#note-line", "11")
     c.fill("#note-text", "Can we make it Wednesday?")
     c.click("#note-form button[type=submit]")
-    go(a, 14, 37)
+    go(a, 14)
     go(c, 10, 13)
     c.keyboard.type("(or Wed)")
 
