@@ -43,11 +43,8 @@ const ANIMALS = [
   "Narwhal", "Ocelot", "Puffin", "Quokka", "Raven", "Seal", "Tapir", "Walrus",
   "Yak", "Zebra", "Beaver", "Crane", "Dolphin", "Moose", "Wombat", "Bison",
 ];
-// Ten well-separated hues, dark enough for white text.
-const COLOURS = [
-  "#e5484d", "#0090ff", "#2f9e6a", "#8e4ec6", "#f76b15",
-  "#d6409f", "#12a594", "#b07d00", "#3e63dd", "#a15c38",
-];
+// Eight hues far apart, dark enough for white text (a ninth user shares one).
+const COLOURS = ["#e5484d", "#0090ff", "#2f9e6a", "#8e4ec6", "#f76b15", "#d6409f", "#b07d00", "#a15c38"];
 
 function hash(text) {
   let h = 0x811c9dc5; // FNV-1a
