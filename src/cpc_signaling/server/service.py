@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..backends import Backend, BackendHooks, MemoryBackend, create_backend
 from ..core import Connection, DocumentState, ErrorBudget, Event, Hub, Joined, Limits, Send
@@ -34,6 +34,9 @@ from ..protocol.messages import UUID_PATTERN
 from .config import Config
 from .guard import Guard, Refusal, Verdict
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .control import ControlChannel
 
 log = logging.getLogger("cpc_signaling.server")
 _UUID = re.compile(UUID_PATTERN)
@@ -105,7 +108,7 @@ class Service:
         self.guard = Guard(config, self.metrics)  # auth, caps, rate limits, token expiry
         self.metrics.watch(self._live_metrics)
         # Cross-instance "disconnect user X" (server/control.py); only with Redis.
-        self.control: Any = None
+        self.control: ControlChannel | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
