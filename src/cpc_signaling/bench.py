@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         action="append",
         default=[],
-        help="pid of a local server not spawned by the bench (repeatable): report its CPU "
-        "and RSS too",
+        help="pid of a local process serving the run (repeatable; a server not spawned by "
+        "the bench, or the Redis behind the spawned ones): its CPU and RSS are counted too",
     )
     target.add_argument("--token", default=None, help="one JWT for every connection (?token=)")
     target.add_argument(
@@ -635,7 +635,7 @@ def main(args: argparse.Namespace) -> int:
     target = Target(
         url=",".join(s.url for s in servers) if servers else (args.url or DEFAULT_URL),
         servers=servers,
-        pids=[s.pid for s in servers] if servers else list(args.server_pid),
+        pids=[s.pid for s in servers] + list(args.server_pid),
     )
     if args.spawn and len(_cpus()) > 1:
         with contextlib.suppress(AttributeError, OSError):
