@@ -32,9 +32,9 @@ from .fuzzing import any_frames, check_decoder, text_frames
 FRAMES = int(os.environ.get("CPC_FUZZ_FRAMES", "0"))
 REPORT = os.environ.get("CPC_SECURITY_REPORT") == "1"
 DECODER_EXAMPLES = FRAMES or 500
-# Heavy runs send 40 to 60 frames per connection (50 on average); the default, 1 to 20.
+# Heavy runs send 40 to 60 frames per connection; the default, 1 to 20.
 WIRE_MIN, WIRE_MAX = (40, 60) if FRAMES else (1, 20)
-WIRE_EXAMPLES = max(1, FRAMES // 50) if FRAMES else 40
+WIRE_EXAMPLES = -(-FRAMES // WIRE_MIN) if FRAMES else 40  # at least FRAMES frames
 CODES = {ErrorCode.PARSE_ERROR, ErrorCode.AUTH_ERROR, ErrorCode.DOCUMENT_ERROR,
          ErrorCode.CONNECTION_ERROR}  # fmt: skip
 
