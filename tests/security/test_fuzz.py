@@ -157,4 +157,3 @@ def test_report_fuzz_counts() -> None:
             f"connections ({counts['wire_errors']} typed errors back); at "
             f"{time.strftime('%H:%M:%S')}"
         )
-    assert counts["decoder"] > 0 or FRAMES == 0
