@@ -84,3 +84,11 @@ def test_flags_win_over_variables_over_defaults() -> None:
     assert config.redis_url is None
     assert config.host == "127.0.0.1"
     assert Config.from_args([], {}).port == 8765
+
+
+async def test_address_line_is_printed_at_any_log_level() -> None:
+    server = await spawn_server(["--log-level", "error"])
+    try:
+        assert server.url.startswith("ws://127.0.0.1:")
+    finally:
+        assert server.stop() == 0

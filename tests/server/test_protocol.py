@@ -21,7 +21,8 @@ from cpc_signaling.protocol import (
     PresenceStatus,
 )
 
-from ..helpers import TIMEOUT, RunningServer, new_id, receive_until, running_server
+from ..conftest import ServerFactory
+from ..helpers import TIMEOUT, RunningServer, new_id, receive_until
 
 TS = "2023-01-01T00:00:00Z"
 
@@ -158,9 +159,9 @@ async def test_binary_frame_is_parse_error(server: RunningServer) -> None:
         assert await a.join(new_id())
 
 
-async def test_oversized_frame_closes_1009() -> None:
+async def test_oversized_frame_closes_1009(server_factory: ServerFactory) -> None:
     async with (
-        running_server(max_message_bytes=1024) as server,
+        server_factory(max_message_bytes=1024) as server,
         aiohttp.ClientSession() as session,
         session.ws_connect(server.url) as ws,
     ):
@@ -237,8 +238,8 @@ async def test_document_errors(server: RunningServer) -> None:
         await expect_error(a, ErrorCode.DOCUMENT_ERROR, other)
 
 
-async def test_document_limits() -> None:
-    async with running_server(max_documents_per_connection=2, max_members_per_document=2) as srv:
+async def test_document_limits(server_factory: ServerFactory) -> None:
+    async with server_factory(max_documents_per_connection=2, max_members_per_document=2) as srv:
         doc = new_id()
         async with srv.client() as a, srv.client() as b, srv.client() as c:
             await a.join(doc)
@@ -288,8 +289,8 @@ async def test_disconnect_is_a_leave(server: RunningServer) -> None:
         assert server.service.hub.present_users(doc) == [watcher.user_id]
 
 
-async def test_unanswered_pings_close_and_leave() -> None:
-    async with running_server(ping_interval=0.2, ping_timeout=0.3) as srv:
+async def test_unanswered_pings_close_and_leave(server_factory: ServerFactory) -> None:
+    async with server_factory(ping_interval=0.2, ping_timeout=0.3) as srv:
         doc = new_id()
         async with srv.client() as watcher, aiohttp.ClientSession() as session:
             await watcher.join(doc)
@@ -303,8 +304,8 @@ async def test_unanswered_pings_close_and_leave() -> None:
             await mute.close()
 
 
-async def test_answered_pings_keep_idle_connections() -> None:
-    async with running_server(ping_interval=0.1, ping_timeout=0.2) as srv:
+async def test_answered_pings_keep_idle_connections(server_factory: ServerFactory) -> None:
+    async with server_factory(ping_interval=0.1, ping_timeout=0.2) as srv:
         doc = new_id()
         async with srv.client() as a, srv.client() as b:
             await a.join(doc)
@@ -349,8 +350,8 @@ async def test_exactly_once_across_a_concurrent_join(server: RunningServer) -> N
         assert lines == list(range(start, total))
 
 
-async def test_client_reconnects_and_rejoins() -> None:
-    async with running_server() as srv:
+async def test_client_reconnects_and_rejoins(server_factory: ServerFactory) -> None:
+    async with server_factory() as srv:
         doc = new_id()
         async with srv.client() as a, srv.client(backoff_initial=0.01) as b:
             await a.join(doc)

@@ -36,7 +36,9 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     mode = f"redis {config.redis_url}" if config.redis_url else "in-memory state"
-    log.info(
+    # The address line is the contract's way to learn a --port 0 port: shown at any level.
+    log.log(
+        max(logging.INFO, logging.getLogger().getEffectiveLevel()),
         "cpc-signaling listening on %s://%s:%d/ws (instance %s, %s)",
         "wss" if config.tls_cert else "ws",
         host,
