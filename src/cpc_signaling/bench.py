@@ -435,8 +435,15 @@ class Printer:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.header_done = False
+        self.noisy_noted = False
 
     def row(self, row: dict[str, Any]) -> None:
+        if row.get("noisy") and not self.noisy_noted:
+            self.noisy_noted = True
+            self.note(
+                "* = the server or the generator waited for its CPU over 10% of the run "
+                "(other load): wall-clock figures understate the server; us/deliv holds"
+            )
         if self.as_json:
             print(json.dumps(row), flush=True)
             return
@@ -444,6 +451,8 @@ class Printer:
         for title, key, fmt in _COLUMNS:
             value = row.get(key)
             text = "-" if value is None else fmt.format(value)
+            if key == "verdict" and row.get("noisy"):
+                text += "*"  # other load held a CPU: see the note
             width = max(len(title), 9 if key != "workload" else 16)
             cells.append(text.rjust(width) if key != "workload" else text.ljust(width))
         if not self.header_done:
@@ -534,6 +543,7 @@ def run_workload(
             for r in _steps_fixed(rate, args.repeat):
                 row = _measure(fleet, target, r, duration)
                 row["verdict"] = verdict(row, args.p99_bound)
+                row["noisy"] = _noisy(row)
                 printer.row(row)
                 rows.append(row)
             return rows
