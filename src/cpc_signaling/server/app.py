@@ -88,7 +88,11 @@ class Coalescer:
         dirty = self._dirty
         self._dirty = []
         for peer in dirty:
-            peer.write_pending()
+            try:
+                peer.write_pending()
+            except Exception:  # one broken transport must not stall the others
+                log.exception("write failed; closing the connection")
+                peer.abort()
 
 
 class WsPeer:
@@ -176,6 +180,12 @@ class WsPeer:
             self.closed = True
             return
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def abort(self) -> None:
+        """Drop the connection at once (its handler then runs ``on_close``)."""
+        self._pending = None
+        self.closed = True
+        self._transport.close()
 
     def _enqueue(self, wire: bytes, key: tuple[str, str, str] | None) -> None:
         outbox = self._outbox
