@@ -176,7 +176,13 @@ async def spawn_server(
                 return match.group(0)
         raise RuntimeError("server exited before listening:\n" + "".join(lines))
 
-    url = await asyncio.wait_for(loop.run_in_executor(None, read_until_address), timeout)
+    try:
+        url = await asyncio.wait_for(loop.run_in_executor(None, read_until_address), timeout)
+    except BaseException:
+        # Never leave a server (or the reader thread blocked on its pipe) behind.
+        proc.kill()
+        proc.wait()
+        raise
 
     def pump() -> None:  # keep the pipe drained; keep lines for assertions
         assert proc.stdout is not None

@@ -11,7 +11,8 @@
 ``join`` resolves when the server's acknowledgement (the echo of the join)
 arrives, with the snapshot that came before it. If the connection drops, the
 client reconnects with exponential backoff and jitter, re-joins its documents,
-and yields a :class:`Reconnected` marker followed by each document's new
+(except after a close for policy, 1008, or a frame too big, 1009, which a retry
+cannot cure) and yields a :class:`Reconnected` marker followed by each document's new
 snapshot and acknowledgement, so a consumer can rebuild its state.
 """
 
@@ -52,6 +53,11 @@ from .protocol import (
 log = logging.getLogger("cpc_signaling.client")
 
 __all__ = ["Client", "ClientError", "JoinError", "Reconnected", "now_timestamp"]
+
+
+# Closes a reconnect cannot cure: policy (bad or expired token, error budget, kicked by
+# the server's API) and a frame too big. 1001 (restart) and 1013 (try later) are retried.
+_FINAL_CLOSE_CODES = frozenset({1008, 1009})
 
 
 class ClientError(Exception):
@@ -194,7 +200,7 @@ class Client:
                         continue
                     await self._route(message)
             self.close_code = ws.close_code
-            if self._closing or not self.reconnect:
+            if self._closing or not self.reconnect or self.close_code in _FINAL_CLOSE_CODES:
                 break
             attempt += 1
             if not await self._reconnect(attempt):

@@ -192,6 +192,8 @@ def body(**overrides: Any) -> bytes:
         (body(timestamp="2023-01-01T00:00:00"), "CursorUpdate.timestamp"),
         (body(timestamp="2023-02-30T25:00:00Z"), "CursorUpdate.timestamp"),
         (body(timestamp=1672531200), "CursorUpdate.timestamp"),
+        (body(timestamp="２０２３-01-01T00:00:00Z"), "CursorUpdate.timestamp"),  # fullwidth digits
+        (body(timestamp="2023-01-01T00:00:00Z\n"), "CursorUpdate.timestamp"),
     ],
 )
 def test_each_bad_input_is_a_parse_error_naming_the_field(frame: bytes, names: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cpc_signaling.client import Client, JoinError, Reconnected
+from cpc_signaling.client import Client, ClientError, JoinError, Reconnected
 from cpc_signaling.protocol import (
     Comment,
     CursorUpdate,
@@ -402,3 +402,14 @@ async def test_readyz_503_while_draining(server: RunningServer) -> None:
         async with session.get(server.http + "/healthz") as resp:
             assert resp.status == 200
     server.service.draining = False
+
+
+async def test_client_does_not_reconnect_after_a_policy_close(server: RunningServer) -> None:
+    async with server.client(backoff_initial=0.01) as a:
+        for _ in range(21):
+            await a.send_raw("garbage")
+        for _ in range(21):
+            await expect_error(a, ErrorCode.PARSE_ERROR)
+        with pytest.raises(ClientError):
+            await a.receive(TIMEOUT)  # the stream ends: no Reconnected
+        assert a.close_code == 1008

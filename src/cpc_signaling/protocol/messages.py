@@ -19,9 +19,10 @@ UUID_PATTERN: Final = (
 )
 # RFC 3339 date-time ("T" or "t", offset or "Z"/"z"), with ranges checked per field.
 TIMESTAMP_PATTERN: Final = (
-    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
-    r"(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)\Z"
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
+    r"([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])\Z"
 )
+# ([0-9], not \d: \d would admit non-ASCII digits, which RFC 3339 does not.)
 
 UUIDStr = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
 Coordinate = Annotated[int, msgspec.Meta(ge=0, lt=2**31)]
