@@ -192,7 +192,7 @@ def body(**overrides: Any) -> bytes:
         (body(timestamp="2023-01-01T00:00:00"), "CursorUpdate.timestamp"),
         (body(timestamp="2023-02-30T25:00:00Z"), "CursorUpdate.timestamp"),
         (body(timestamp=1672531200), "CursorUpdate.timestamp"),
-        (body(timestamp="２０２３-01-01T00:00:00Z"), "CursorUpdate.timestamp"),  # fullwidth digits
+        (body(timestamp="\uff12\uff10\uff12\uff13-01-01T00:00:00Z"), "CursorUpdate.timestamp"),
         (body(timestamp="2023-01-01T00:00:00Z\n"), "CursorUpdate.timestamp"),
     ],
 )
