@@ -329,11 +329,8 @@ class SignalingApp:
         elif path == "/healthz":
             status, payload = 200, b"ok\n"
         elif path == "/readyz":
-            if service.ready:
-                status, payload = 200, b"ready\n"
-            else:
-                reason = "draining" if service.draining else f"backend {service.backend.name}"
-                status, payload = 503, f"not ready: {reason} not ready\n".encode()
+            ready, text = service.readiness()
+            status, payload = (200 if ready else 503), text.encode()
         elif path == "/metrics":
             status, payload = 200, service.metrics.render()
             headers = {"content-type": CONTENT_TYPE}

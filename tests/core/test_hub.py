@@ -417,3 +417,18 @@ def test_server_published_comment_is_stored_and_relayed_to_all() -> None:
     w.connect("b")
     w.send("b", join(DOC, CAROL))
     assert msg in w.take("b")
+
+
+def test_leave_sent_while_a_refused_join_was_in_flight_is_still_acknowledged() -> None:
+    w = World(Limits(max_members_per_document=1))
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    c = w.connect("c")
+    # A shared backend: both events are accepted before either is applied.
+    joined = w.hub.receive(c, join(DOC, CAROL))
+    left = w.hub.receive(c, leave(DOC, CAROL))
+    w._deliver(w.hub.apply(*joined))
+    w._deliver(w.hub.apply(*left))
+    # No error for a join the client already abandoned, but its leave is acknowledged.
+    assert w.take("c") == [leave(DOC, CAROL)]
+    assert w.hub.present_users(DOC) == [ALICE]

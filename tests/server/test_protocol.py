@@ -413,3 +413,25 @@ async def test_client_does_not_reconnect_after_a_policy_close(server: RunningSer
         with pytest.raises(ClientError):
             await a.receive(TIMEOUT)  # the stream ends: no Reconnected
         assert a.close_code == 1008
+
+
+async def test_frames_after_the_server_let_a_connection_go_are_ignored(
+    server: RunningServer,
+) -> None:
+    doc = new_id()
+    async with server.client() as a, server.client(reconnect=False) as b:
+        await a.join(doc)
+        await b.join(doc)
+        await a.receive(TIMEOUT)
+        service = server.service
+        (conn,) = [c for c in service.hub.connections.values() if c.user_id == b.user_id]
+        assert service.disconnect_local(b.user_id, "kicked") == 1
+        # A frame the transport had already read when the server decided: it must not
+        # re-join the kicked connection.
+        frame_ = json.dumps({"JoinDocument": {"document_id": doc, "user_id": b.user_id}})
+        assert service.on_frame(conn, frame_.encode()) is None
+        assert await a.receive(TIMEOUT) == LeaveDocument(document_id=doc, user_id=b.user_id)
+        assert service.hub.present_users(doc) == [a.user_id]
+        await a.status(doc, "still here")  # nothing else reached a in between
+        await a.send_raw("bad")
+        assert isinstance(await a.receive(TIMEOUT), Error)

@@ -48,9 +48,6 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message
 
-    def to_error(self) -> Error:
-        return Error(code=self.code, message=self.message)
-
 
 def _parse_error(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.PARSE_ERROR, message)

@@ -142,14 +142,6 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
     Comment,
     PresenceStatus,
 )
-PRESENCE_TYPES: Final = (
-    PresenceUpdate,
-    CursorUpdate,
-    SelectionUpdate,
-    TypingIndicator,
-    PresenceStatus,
-)
-STORED_TYPES: Final = (Annotation, Comment)
 
 
 class ErrorCode:

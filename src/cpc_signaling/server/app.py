@@ -343,11 +343,8 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    if service.ready:
-        return web.Response(text="ready\n")
-    reason = "draining" if service.draining else f"backend {service.backend.name} not ready"
-    return web.Response(status=503, text=f"not ready: {reason}\n")
+    ready, text = request.app[SERVICE].readiness()
+    return web.Response(status=200 if ready else 503, text=text)
 
 
 async def _metrics(request: web.Request) -> web.Response:
