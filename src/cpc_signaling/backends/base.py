@@ -45,6 +45,10 @@ def _no_resync(state: DocumentState) -> None:
     return None
 
 
+def _no_settle(document_id: str, event: Event) -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class BackendHooks:
     """What a backend with shared state may ask of the service that runs it.
@@ -52,11 +56,14 @@ class BackendHooks:
     ``replica(doc)``: this instance's replica of a document (to re-register its
     local members after an outage). ``resync(state)``: replace a replica with
     one reloaded from the shared store, telling local members what changed
-    (``Hub.resync``). ``metrics``: where readiness changes and failures count.
+    (``Hub.resync``). ``settle(doc, event)``: the local side only of this
+    instance's own Joined or Left that an installed state already contains
+    (``Hub.settle``). ``metrics``: where readiness changes and failures count.
     """
 
     replica: Callable[[str], DocumentState | None] = _no_replica
     resync: Callable[[DocumentState], None] = _no_resync
+    settle: Callable[[str, Event], None] = _no_settle
     metrics: Metrics | None = None
 
 

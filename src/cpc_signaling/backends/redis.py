@@ -365,6 +365,7 @@ class RedisBackend:
         self.url = url
         self.config = config
         self.instance_id = instance_id
+        self._mine = instance_id + "/"  # this instance's connection ids start so
         self.prefix = config.redis_prefix
         self._sink: EventSink | None = None
         self._hooks = BackendHooks()
@@ -430,6 +431,8 @@ class RedisBackend:
         if doc is None:
             doc = self._docs[document_id] = _Doc()
         doc.refs += 1
+        if doc.refs > 1:
+            return None  # followed already: one subscription per document, whatever the refs
         if self._mode != "up":
             # Local for now; the restore loads it (and reconciles) when Redis is back.
             doc.live = False
@@ -545,9 +548,14 @@ class RedisBackend:
         doc.live = True
         sink = self._sink
         assert sink is not None
+        mine = self._mine
         for i, (seq, event) in enumerate(backlog):
             if seq <= doc.applied:
-                continue  # already in the loaded state
+                # Already in the installed state. This instance's own joins and
+                # leaves still need their local side (member, snapshot, ack).
+                if type(event) is not Relayed and event.conn.startswith(mine):
+                    self._hooks.settle(document_id, event)
+                continue
             if seq != doc.applied + 1:
                 doc.live = False
                 doc.buffer = backlog[i:]
@@ -555,6 +563,19 @@ class RedisBackend:
                 return
             doc.applied = seq
             sink(document_id, event)
+
+    def _settle_leaves(self, document_id: str, doc: _Doc, seq: int) -> None:
+        """Before a reloaded state is installed: the local side of this instance's own
+        leaves it already contains (so the leavers hear nothing of the resync)."""
+        mine = self._mine
+        keep: list[tuple[int, Event]] = []
+        for item in doc.buffer:
+            event = item[1]
+            if item[0] <= seq and type(event) is Left and event.conn.startswith(mine):
+                self._hooks.settle(document_id, event)
+            else:
+                keep.append(item)
+        doc.buffer = keep
 
     def _spawn_reload(self, document_id: str) -> None:
         task = asyncio.create_task(self._reload(document_id))
@@ -573,6 +594,7 @@ class RedisBackend:
             return
         if self._docs.get(document_id) is not doc or self._mode == "down":
             return
+        self._settle_leaves(document_id, doc, state.seq)
         self._hooks.resync(state)
         doc.applied = state.seq
         self._go_live(document_id, doc)
@@ -681,6 +703,7 @@ class RedisBackend:
                     # Give their instances time to re-register before announcing leaves.
                     grace = self.config.instance_timeout + self.config.heartbeat_interval
                     asyncio.get_running_loop().call_later(grace, self._recheck, document_id, doc)
+                self._settle_leaves(document_id, doc, state.seq)
                 self._hooks.resync(state)
                 doc.applied = state.seq
                 self._go_live(document_id, doc)

@@ -250,6 +250,46 @@ class Hub(Generic[P]):
         self.install(state)
         return sends
 
+    def settle(self, doc_id: str, event: Event) -> list[Send[P]]:
+        """The local side of this instance's own Joined or Left that an installed
+        state already contains (a reload skipped it): add or remove the local
+        member and answer its connection, as ``apply`` would have.
+
+        A joiner's snapshot is cut from the installed state, so every event is
+        still delivered exactly once: up to the state's seq in the snapshot,
+        after it live. Call Lefts before ``resync`` and Joineds after it.
+        """
+        state = self.documents.get(doc_id)
+        conn = self.connections.get(event.conn)
+        sends: list[Send[P]] = []
+        if type(event) is Left:
+            members = self.local_members.get(doc_id)
+            if members is not None:
+                members.pop(event.conn, None)
+                if not members:
+                    del self.local_members[doc_id]
+            if conn is not None and state is not None:
+                sends.append(Send((conn.peer,), (state.leave_frame(event.user),), "LeaveDocument"))
+            return sends
+        if type(event) is not Joined or conn is None or doc_id not in conn.joined or state is None:
+            return sends
+        if state.conns.get(conn.id) == event.user:
+            members = self.local_members.setdefault(doc_id, {})
+            members[conn.id] = conn.peer
+            frames = [*state.snapshot(event.user), state.join_frame(event.user)]
+            sends.append(Send((conn.peer,), frames, "snapshot"))
+        elif len(state.conns) >= self.limits.max_members_per_document:
+            # Refused by the shared store (full). Otherwise it left and joined again:
+            # that later Joined is still on its way.
+            self._release(conn, doc_id)
+            error = Error(
+                code=ErrorCode.DOCUMENT_ERROR,
+                message=f"document {doc_id} is full "
+                f"({self.limits.max_members_per_document} members)",
+            )
+            sends.append(Send((conn.peer,), (encode(error),), "Error"))
+        return sends
+
     def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
         """Apply a sequenced event; return what local peers must be sent."""
         state = self.document(doc_id)

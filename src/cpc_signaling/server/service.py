@@ -96,6 +96,8 @@ class Service:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._attached: dict[str, asyncio.Future[None]] = {}
+        # Detaches under way: a new attach of the document waits for its detach first.
+        self._detaching: dict[str, asyncio.Future[None]] = {}
         self._budgets: dict[str, ErrorBudget] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # Hot-path counts, added up per event-loop iteration and handed to the
@@ -114,7 +116,10 @@ class Service:
 
     async def start(self) -> None:
         hooks = BackendHooks(
-            replica=self.hub.documents.get, resync=self._on_resync, metrics=self.metrics
+            replica=self.hub.documents.get,
+            resync=self._on_resync,
+            settle=self._on_settle,
+            metrics=self.metrics,
         )
         await self.backend.start(self._on_event, hooks)
         if self.config.redis_url:
@@ -350,6 +355,9 @@ class Service:
             attached = asyncio.get_running_loop().create_future()
             self._attached[doc_id] = attached
             try:
+                detaching = self._detaching.get(doc_id)
+                if detaching is not None:  # attach after the detach, never during it
+                    await asyncio.wait([detaching])
                 state = await self.backend.attach(doc_id)
             except Exception as exc:  # the backend says why; the client gets a typed error
                 del self._attached[doc_id]
@@ -387,6 +395,14 @@ class Service:
     def _on_resync(self, state: DocumentState) -> None:
         """The backend reloaded a document after an outage: reconcile local members."""
         for send in self.hub.resync(state):
+            self._deliver(send)
+        if self.hub.released:
+            self._detach_released()
+
+    def _on_settle(self, doc_id: str, event: Event) -> None:
+        """The local side of this instance's own join or leave that a reloaded state
+        already contains (the backend skipped its event): member, snapshot, acks."""
+        for send in self.hub.settle(doc_id, event):
             self._deliver(send)
         if self.hub.released:
             self._detach_released()
@@ -456,13 +472,17 @@ class Service:
                 hub.released.discard(doc_id)
                 attached = self._attached.pop(doc_id, None)
                 if attached is not None:
-                    self.spawn(self._detach(doc_id))
+                    detaching = asyncio.ensure_future(self._detach(doc_id))
+                    self._detaching[doc_id] = detaching
+                    self.spawn(detaching)
 
     async def _detach(self, doc_id: str) -> None:
         try:
             await self.backend.detach(doc_id)
         finally:
             self.hub.forget(doc_id)
+            if self._detaching.get(doc_id) is asyncio.current_task():
+                del self._detaching[doc_id]
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` in the background, kept referenced until done (awaited on close)."""

@@ -1,0 +1,107 @@
+"""Regression tests for the Redis backend review (reloads, attach/detach, overload)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from cpc_signaling.backends.redis import RedisBackend
+from cpc_signaling.client import Client
+from cpc_signaling.core import Hub
+from cpc_signaling.protocol import Comment, JoinDocument, LeaveDocument
+
+from ..helpers import TIMEOUT, new_id, receive_until, running_server
+from .server import RedisServer
+
+
+def _skip_a_seq(redis: RedisServer, prefix: str, doc: str) -> None:
+    """Make the next envelope of ``doc`` look like one was lost: a sequence gap."""
+    redis.command("INCR", f"{prefix}:doc:{doc}:seq")
+
+
+async def _applied(hub: Hub[Any], doc: str, seq: int) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while (state := hub.documents.get(doc)) is None or state.seq < seq:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_own_join_and_leave_skipped_by_a_reload_still_get_their_local_side(
+    redis: RedisServer,
+) -> None:
+    prefix = "r" + new_id()[:8]
+    doc = new_id()
+    async with running_server(redis_url=redis.url, redis_prefix=prefix) as running:
+        hub = running.service.hub
+        async with Client(running.url, new_id()) as a, Client(running.url, new_id()) as b:
+            await a.join(doc)
+            await a.comment(doc, 1, 1, "before")
+            await _applied(running.service.hub, doc, 2)  # a's join and comment came back
+            # b's Joined arrives after a gap: the reload's state already holds it.
+            _skip_a_seq(redis, prefix, doc)
+            snapshot = await b.join(doc, timeout=TIMEOUT)
+            users = [m.user_id for m in snapshot if type(m) is JoinDocument]
+            assert users == [a.user_id, b.user_id]  # a, then b's own acknowledgement
+            assert [m.content for m in snapshot if type(m) is Comment] == ["before"]
+            assert len(hub.local_members[doc]) == 2
+            # Live after the cut, exactly once.
+            await a.comment(doc, 1, 1, "after")
+            got = await receive_until(b, lambda m: type(m) is Comment)
+            assert [m.content for m in got if type(m) is Comment] == ["after"]
+
+            # b's Left arrives after a gap: b still gets its ack and is no member.
+            _skip_a_seq(redis, prefix, doc)
+            await b.leave(doc, timeout=TIMEOUT)
+            got = await receive_until(
+                a, lambda m: type(m) is LeaveDocument and m.user_id == b.user_id
+            )
+            assert len(hub.local_members[doc]) == 1
+
+
+async def test_attach_attach_detach_detach_leaves_no_subscription(redis: RedisServer) -> None:
+    from cpc_signaling.server.config import Config
+
+    config = Config(port=0, redis_url=redis.url, redis_prefix="a" + new_id()[:8])
+    backend = RedisBackend(redis.url, config=config, instance_id="att" + new_id()[:6])
+    await backend.start(lambda doc, event: None)
+    try:
+        assert backend.ready
+        doc = new_id()
+        assert await backend.attach(doc) is not None
+        await backend.attach(doc)
+        await backend.detach(doc)
+        await backend.detach(doc)
+        assert backend._broker is not None
+        assert backend._broker.refs == {}
+        assert backend._docs == {}
+    finally:
+        await backend.close()
+
+
+async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: RedisServer) -> None:
+    prefix = "d" + new_id()[:8]
+    async with running_server(redis_url=redis.url, redis_prefix=prefix) as running:
+        service = running.service
+        backend = service.backend
+        assert isinstance(backend, RedisBackend)
+        detach = backend.detach
+
+        async def slow_detach(document_id: str) -> None:
+            await asyncio.sleep(0.1)  # widen the window a join can fall into
+            await detach(document_id)
+
+        backend.detach = slow_detach  # type: ignore[method-assign]
+        async with Client(running.url, new_id()) as a, Client(running.url, new_id()) as b:
+            for _ in range(3):
+                doc = new_id()
+                await a.join(doc)
+                await a.comment(doc, 1, 1, "kept")
+                await _applied(service.hub, doc, 2)
+                await a.leave(doc)
+                snapshot = await b.join(doc)  # while a's leave detaches the document
+                assert [m.content for m in snapshot if type(m) is Comment] == ["kept"]
+                await b.leave(doc)
+            async with asyncio.timeout(TIMEOUT):
+                while service.hub.local_members or service._detaching or backend._docs:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            assert backend._broker is not None
+            assert backend._broker.refs == {}
