@@ -6,7 +6,9 @@ a conflation key (document, user, kind): a newer one replaces the pending older
 one and moves to the end, so a slow reader gets the latest state in the order
 it was set, never a growing backlog. Other frames (joins, leaves, annotations,
 comments, errors) are never dropped; past ``max_bytes`` of them the connection
-is over its bound and must be closed (1013).
+is over its bound and must be closed (1013). The latest presence state is
+bounded too (``LATEST_STATE_FACTOR`` times ``max_bytes``): conflation caps it
+by keys, but a reader in many crowded documents could still hold a lot.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from collections.abc import Hashable
 
 _unique = itertools.count()
 
+LATEST_STATE_FACTOR = 4
+
 
 class Outbox:
-    __slots__ = ("_frames", "firm_bytes", "max_bytes")
+    __slots__ = ("_frames", "firm_bytes", "latest_bytes", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.firm_bytes = 0  # bytes of pending frames that may not be dropped
+        self.latest_bytes = 0  # bytes of pending conflatable (presence) frames
         # key -> frame; insertion order is sending order.
         self._frames: dict[Hashable, bytes] = {}
 
@@ -34,7 +39,10 @@ class Outbox:
 
     @property
     def overflowed(self) -> bool:
-        return self.firm_bytes > self.max_bytes
+        return (
+            self.firm_bytes > self.max_bytes
+            or self.latest_bytes > self.max_bytes * LATEST_STATE_FACTOR
+        )
 
     def push(self, frame: bytes, key: Hashable | None = None) -> bool:
         """Queue ``frame``; with a ``key``, replace a pending frame of the same key.
@@ -46,13 +54,18 @@ class Outbox:
             frames[next(_unique)] = frame
             self.firm_bytes += len(frame)
             return False
-        replaced = frames.pop(key, None) is not None
+        old = frames.pop(key, None)
         frames[key] = frame
-        return replaced
+        self.latest_bytes += len(frame)
+        if old is None:
+            return False
+        self.latest_bytes -= len(old)
+        return True
 
     def take(self) -> list[bytes]:
         """All pending frames, in order; the outbox is empty afterwards."""
         out = list(self._frames.values())
         self._frames.clear()
         self.firm_bytes = 0
+        self.latest_bytes = 0
         return out

@@ -1,0 +1,35 @@
+"""The outbox alone: conflation order, never dropping firm frames, both bounds."""
+
+from __future__ import annotations
+
+from cpc_signaling.server.outbox import LATEST_STATE_FACTOR, Outbox
+
+
+def test_newer_presence_replaces_older_and_moves_to_the_end() -> None:
+    box = Outbox(max_bytes=1000)
+    assert box.push(b"c1", ("d", "u", "CursorUpdate")) is False
+    box.push(b"join", None)
+    box.push(b"s1", ("d", "u", "SelectionUpdate"))
+    assert box.push(b"c2", ("d", "u", "CursorUpdate")) is True
+    assert box.take() == [b"join", b"s1", b"c2"]
+    assert not box and box.firm_bytes == 0 and box.latest_bytes == 0
+
+
+def test_firm_frames_are_never_dropped_and_bound_the_box() -> None:
+    box = Outbox(max_bytes=10)
+    for i in range(3):
+        box.push(b"comment%d" % i, None)
+    assert len(box) == 3
+    assert box.overflowed  # 24 bytes of frames that may not be dropped > 10
+
+
+def test_latest_presence_is_bounded_too() -> None:
+    box = Outbox(max_bytes=10)
+    frame = b"x" * 10
+    for user in range(LATEST_STATE_FACTOR):
+        box.push(frame, ("d", str(user), "CursorUpdate"))
+    assert not box.overflowed
+    box.push(frame, ("d", "0", "CursorUpdate"))  # a replacement costs nothing more
+    assert not box.overflowed
+    box.push(frame, ("d", "another", "CursorUpdate"))
+    assert box.overflowed
