@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from cpc_signaling.backends.redis import RedisBackend
 from cpc_signaling.client import Client
 from cpc_signaling.core import Hub
-from cpc_signaling.protocol import Comment, JoinDocument, LeaveDocument
+from cpc_signaling.protocol import Comment, Error, ErrorCode, JoinDocument, LeaveDocument
 
 from ..helpers import TIMEOUT, new_id, receive_until, running_server
 from .server import RedisServer
@@ -105,3 +107,41 @@ async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: Red
                     await asyncio.sleep(0.01)
             assert backend._broker is not None
             assert backend._broker.refs == {}
+
+
+async def test_overload_refuses_with_connection_error_never_drops_silently(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cpc_signaling.backends import redis as redis_backend
+
+    monkeypatch.setattr(redis_backend, "MAX_PENDING", 2)
+    doc = new_id()
+    prefix = "o" + new_id()[:8]
+    async with (
+        running_server(redis_url=redis.url, redis_prefix=prefix) as running,
+        Client(running.url, new_id()) as a,
+        Client(running.url, new_id()) as b,
+    ):
+        await a.join(doc)
+        await b.join(doc)
+        # Redis stalls: the writer's batch waits, the queue fills up.
+        stall = asyncio.ensure_future(asyncio.to_thread(redis.command, "DEBUG", "SLEEP", "0.5"))
+        await asyncio.sleep(0.1)
+        for n in range(6):
+            await a.comment(doc, 1, 1, f"c{n}")
+        await stall
+        errors = await receive_until(
+            a, lambda m: type(m) is Error and m.code == ErrorCode.CONNECTION_ERROR
+        )
+        error = errors[-1]
+        assert type(error) is Error and "overloaded" in error.message
+        # Every comment b gets is one a was not told about; the last one marks the end.
+        await a.comment(doc, 1, 1, "last")
+        got = await receive_until(b, lambda m: type(m) is Comment and m.content == "last")
+        delivered = [m.content for m in got if type(m) is Comment][:-1]
+        refused = running.service.metrics.registry.get_sample_value(
+            "cpc_backend_refused_total", {"kind": "Comment"}
+        )
+        assert refused is not None and refused >= 1
+        assert len(delivered) + refused == 6
+        assert delivered == [f"c{n}" for n in range(len(delivered))]

@@ -122,5 +122,9 @@ class Backend(Protocol):
     async def detach(self, document_id: str) -> None:
         """Called after the last local member of a document left."""
 
-    def submit(self, document_id: str, event: Event) -> None:
-        """Sequence ``event``; it comes back through the sink, in order. Never blocks."""
+    def submit(self, document_id: str, event: Event) -> bool:
+        """Sequence ``event``; it comes back through the sink, in order. Never blocks.
+
+        False: refused (overloaded); the event will not come back and the caller
+        tells the sender (CONNECTION_ERROR). The memory backend never refuses.
+        """

@@ -35,11 +35,12 @@ class MemoryBackend:
     async def detach(self, document_id: str) -> None:
         return None
 
-    def submit(self, document_id: str, event: Event) -> None:
+    def submit(self, document_id: str, event: Event) -> bool:
         sink = self._sink
         if sink is None:
             raise RuntimeError("backend not started")
         sink(document_id, event)
+        return True
 
 
 # -- The Broker and PresenceStore roles in memory ---------------------------------

@@ -51,6 +51,9 @@ Envelope = Callable[[str, int, str, Event], None]
 # Limits (every queue has one): events waiting for Redis, events per pipeline,
 # memberships reaped per script call, envelopes buffered while a document loads.
 MAX_PENDING: Final = 100_000
+# Leaves have room of their own past MAX_PENDING: a refused leave leaves a ghost
+# member (until this instance retires or is reaped), so they are refused last.
+LEAVE_HEADROOM: Final = 100_000
 BATCH: Final = 256
 REAP_BATCH: Final = 1000
 MAX_BUFFERED: Final = 50_000
@@ -384,7 +387,6 @@ class RedisBackend:
         self._closing = False
         self._ready: bool | None = None  # None: not known yet (the first state is logged)
         self._reloads: set[asyncio.Task[None]] = set()
-        self.dropped = 0
 
     # -- Backend -------------------------------------------------------------
 
@@ -478,10 +480,6 @@ class RedisBackend:
                 len(self._queue) + len(self._inflight),
             ),
             "redis_documents": ("documents this instance follows in Redis", len(self._docs)),
-            "redis_dropped_events": (
-                "events dropped because the Redis queue was full",
-                self.dropped,
-            ),
         }
 
     async def load(self, document_id: str) -> DocumentState | None:
@@ -492,20 +490,25 @@ class RedisBackend:
             return None
         return await store.load(document_id)
 
-    def submit(self, document_id: str, event: Event) -> None:
+    def submit(self, document_id: str, event: Event) -> bool:
         if self._mode == "down":
             sink = self._sink
             if sink is None:
                 raise RuntimeError("backend not started")
             sink(document_id, event)  # local sequencing while Redis is away
-            return
-        if len(self._queue) >= MAX_PENDING and type(event) is Relayed:
-            # Overflow policy: Redis is not keeping up; presence and stored messages
-            # wait no longer. Joins and leaves are never dropped.
-            self.dropped += 1
-            return
+            return True
+        pending = len(self._queue)
+        if pending >= MAX_PENDING and (
+            type(event) is not Left or pending >= MAX_PENDING + LEAVE_HEADROOM
+        ):
+            # Overflow policy: Redis is not keeping up. Refused, never silently
+            # dropped: the service tells the sender (CONNECTION_ERROR).
+            if type(event) is Left:
+                log.warning("Redis queue full: leave of %s refused", event.conn)
+            return False
         self._queue.append((document_id, event))
         self._wake.set()
+        return True
 
     # -- envelopes -------------------------------------------------------------
 

@@ -65,6 +65,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.backend_refused = Counter(
+            "cpc_backend_refused",
+            "events the backend refused because it was overloaded (the sender was sent "
+            "CONNECTION_ERROR), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.backend_reaped = Counter(
             "cpc_backend_reaped",
             "memberships of dead instances announced as left by this instance",

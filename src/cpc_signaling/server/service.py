@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..backends import Backend, BackendHooks, MemoryBackend, create_backend
-from ..core import Connection, DocumentState, ErrorBudget, Event, Hub, Joined, Limits, Send
+from ..core import (
+    Connection,
+    DocumentState,
+    ErrorBudget,
+    Event,
+    Hub,
+    Joined,
+    Limits,
+    Relayed,
+    Send,
+)
 from ..protocol import (
     Annotation,
     Comment,
@@ -290,7 +300,8 @@ class Service:
         doc_id, event = self.hub.publish(checked)
         self.metrics.api_published.labels(event.kind).inc()
         log.info("published %s", event.kind, extra={"document_id": doc_id, "user_id": event.user})
-        self._submit(doc_id, event)
+        if not self._submit(doc_id, event):
+            raise Unavailable(f"backend {self.backend.name} overloaded")
         return doc_id
 
     async def presence(self, document_id: str) -> list[PresentUser]:
@@ -387,10 +398,28 @@ class Service:
         self.send_error(conn, ErrorCode.CONNECTION_ERROR, f"cannot join {doc_id} now; retry")
         self._detach_released()
 
-    def _submit(self, doc_id: str, event: Event) -> None:
-        self.backend.submit(doc_id, event)
+    def _submit(self, doc_id: str, event: Event) -> bool:
+        accepted = self.backend.submit(doc_id, event)
+        if not accepted:
+            self._refused(doc_id, event)
         if self.hub.released:
             self._detach_released()
+        return accepted
+
+    def _refused(self, doc_id: str, event: Event) -> None:
+        """The backend is overloaded and refused ``event``: the sender is told."""
+        kind = event.kind if type(event) is Relayed else type(event).__name__
+        self.metrics.backend_refused.labels(kind).inc()
+        conn = self.hub.connections.get(event.conn)
+        if conn is None:
+            return
+        if type(event) is Joined and conn.id not in self.hub.local_members.get(doc_id, {}):
+            self.hub.cancel_join(conn, doc_id)  # not a member yet: the join did not happen
+        self.send_error(
+            conn,
+            ErrorCode.CONNECTION_ERROR,
+            f"server overloaded: {kind} for document {doc_id} not delivered; retry",
+        )
 
     def _on_resync(self, state: DocumentState) -> None:
         """The backend reloaded a document after an outage: reconcile local members."""
