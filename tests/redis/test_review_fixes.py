@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cpc_signaling.backends.redis import RedisBackend
+from cpc_signaling.backends.redis import RedisBackend, RedisPresenceStore
 from cpc_signaling.client import Client
 from cpc_signaling.core import Hub
 from cpc_signaling.protocol import Comment, Error, ErrorCode, JoinDocument, LeaveDocument
@@ -145,3 +145,43 @@ async def test_overload_refuses_with_connection_error_never_drops_silently(
         assert refused is not None and refused >= 1
         assert len(delivered) + refused == 6
         assert delivered == [f"c{n}" for n in range(len(delivered))]
+
+
+async def test_drain_while_restoring_still_delivers_leaves_and_retires(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold, held, gate = False, asyncio.Event(), asyncio.Event()
+    sync = RedisPresenceStore.sync
+
+    async def slow_sync(self: RedisPresenceStore, *args: Any) -> Any:
+        if hold:
+            held.set()
+            await gate.wait()
+        return await sync(self, *args)
+
+    monkeypatch.setattr(RedisPresenceStore, "sync", slow_sync)
+    prefix, doc = "s" + new_id()[:8], new_id()
+    gone = "gone" + new_id()[:6]
+    async with (
+        running_server(redis_url=redis.url, redis_prefix=prefix) as stays,
+        running_server(redis_url=redis.url, redis_prefix=prefix, instance_id=gone) as goes,
+        Client(stays.url, new_id()) as a,
+        Client(goes.url, new_id()) as b,
+    ):
+        await a.join(doc)
+        await b.join(doc)
+        await receive_until(a, lambda m: type(m) is JoinDocument and m.user_id == b.user_id)
+        backend = goes.service.backend
+        assert isinstance(backend, RedisBackend)
+        hold = True
+        backend._fail(RuntimeError("a test outage"))
+        await asyncio.wait_for(held.wait(), TIMEOUT)
+        assert backend._mode == "restoring"
+        # SIGTERM now: the restore finishes meanwhile, and the leaves still go out.
+        asyncio.get_running_loop().call_later(0.2, gate.set)
+        await goes.service.drain()
+        await goes.service.close()
+        await receive_until(
+            a, lambda m: type(m) is LeaveDocument and m.user_id == b.user_id, timeout=2.0
+        )
+        assert redis.command("EXISTS", f"{prefix}:alive:{gone}") == b":0\r\n"  # retired

@@ -384,6 +384,8 @@ class RedisBackend:
         self._supervisor: asyncio.Task[None] | None = None
         self._failure: asyncio.Future[None] | None = None
         self._up = asyncio.Event()
+        # Set whenever the writer finished a batch or the mode changed (close() waits on it).
+        self._progress = asyncio.Event()
         self._closing = False
         self._ready: bool | None = None  # None: not known yet (the first state is logged)
         self._reloads: set[asyncio.Task[None]] = set()
@@ -407,11 +409,17 @@ class RedisBackend:
     async def close(self) -> None:
         """Flush queued events (the drain's leaves) to Redis, retire, disconnect."""
         self._closing = True
+        # Up or restoring (the queue is written once the restore is done): wait for
+        # the queue to reach Redis. Down: the leaves were applied locally; the other
+        # instances reap this one's memberships when its liveness key expires.
         deadline = time.monotonic() + max(0.5, self.config.drain_timeout)
-        while self._mode == "up" and (self._queue or self._inflight):
-            if time.monotonic() > deadline:
+        while self._mode != "down" and (self._mode != "up" or self._queue or self._inflight):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 break
-            await asyncio.sleep(0.005)
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
         if self._mode == "up" and self._store is not None:
             try:
                 await asyncio.wait_for(self._store.retire(), 2.0)
@@ -623,6 +631,7 @@ class RedisBackend:
                 tasks.append(asyncio.create_task(self._beat(), name="redis-heartbeat"))
                 self._mode = "up"
                 self._wake.set()
+                self._progress.set()
                 self._set_ready(True, "connected")
                 self._up.set()
                 delay = BACKOFF_INITIAL
@@ -805,6 +814,7 @@ class RedisBackend:
                 self._inflight = [item for batch in batches for item in batch]
                 await store.commit_pipelined(batches)
                 self._inflight = []
+                self._progress.set()
 
     async def _beat(self) -> None:
         store, broker = self._store, self._broker
@@ -837,6 +847,7 @@ class RedisBackend:
         """Fall back to local sequencing; what Redis may not have seen is applied here."""
         was_up = self._mode == "up"
         self._mode = "down"
+        self._progress.set()
         self._set_ready(False, f"{type(exc).__name__}: {exc}")
         if was_up:
             self._count_failure("connection")
