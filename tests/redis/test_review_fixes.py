@@ -185,3 +185,39 @@ async def test_drain_while_restoring_still_delivers_leaves_and_retires(
             a, lambda m: type(m) is LeaveDocument and m.user_id == b.user_id, timeout=2.0
         )
         assert redis.command("EXISTS", f"{prefix}:alive:{gone}") == b":0\r\n"  # retired
+
+
+async def test_events_redis_ran_before_a_failure_are_not_applied_twice(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = new_id()
+    async with (
+        running_server(redis_url=redis.url, redis_prefix="e" + new_id()[:8]) as running,
+        Client(running.url, new_id()) as a,
+        Client(running.url, new_id()) as b,
+    ):
+        hub, backend = running.service.hub, running.service.backend
+        assert isinstance(backend, RedisBackend)
+        await a.join(doc)
+        await b.join(doc)
+        commit = RedisPresenceStore.commit_pipelined
+        failed = False
+
+        async def commit_then_fail(self: RedisPresenceStore, *args: Any) -> None:
+            nonlocal failed
+            if failed:
+                return await commit(self, *args)
+            failed = True
+            seq = hub.documents[doc].seq
+            await commit(self, *args)
+            await _applied(hub, doc, seq + 1)  # its envelope came back and was applied
+            raise ConnectionError("the reply was lost (socket timeout)")
+
+        monkeypatch.setattr(RedisPresenceStore, "commit_pipelined", commit_then_fail)
+        await a.comment(doc, 1, 1, "once")
+        async with asyncio.timeout(TIMEOUT):
+            while not failed or not backend.ready:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await a.comment(doc, 1, 1, "end")
+        got = await receive_until(b, lambda m: type(m) is Comment and m.content == "end")
+        assert [m.content for m in got if type(m) is Comment] == ["once", "end"]

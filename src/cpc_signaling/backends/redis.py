@@ -163,20 +163,26 @@ class RedisPresenceStore:
 
     async def commit(self, items: Sequence[tuple[str, Event]]) -> list[int]:
         """Sequence, apply and publish ``items`` in order (one script per batch)."""
-        args = self._head()
+        args = [*self._head(), ""]
         for doc, event in items:
             args.extend(self._args(doc, event))
         seqs = await self.scripts.call(self.client, "commit", *args)
         return [int(s) for s in seqs]
 
-    async def commit_pipelined(self, batches: Sequence[Sequence[tuple[str, Event]]]) -> None:
-        """Several commit scripts in one round trip, in order."""
+    async def commit_pipelined(
+        self, batches: Sequence[Sequence[tuple[str, Event]]], first: int | None = None
+    ) -> None:
+        """Several commit scripts in one round trip, in order. ``first``: number the
+        events first, first + 1, ... in their envelopes' origin ("ORIGIN#N")."""
         if "commit" not in self.scripts.sha:
             await self.scripts.load_all(self.client)
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
+            n = first
             for items in batches:
-                args = self._head()
+                args = [*self._head(), "" if n is None else n]
+                if n is not None:
+                    n += len(items)
                 for doc, event in items:
                     args.extend(self._args(doc, event))
                 pipe.evalsha(self.scripts.sha["commit"], 0, *args)
@@ -375,6 +381,14 @@ class RedisBackend:
         self._mode = "down"  # down: sequence locally; restoring: queue; up: send to Redis
         self._queue: deque[tuple[str, Event]] = deque()
         self._inflight: list[tuple[str, Event]] = []
+        # This instance's events are numbered as written (_written: the last number
+        # given); _echoed is the highest number seen back in an envelope. After a
+        # failure only in-flight events past _echoed are applied locally: the
+        # others reached Redis and were already applied here.
+        self._written = 0
+        self._inflight_first = 1
+        self._echoed = 0
+        self._tag = instance_id + "#"
         self._wake = asyncio.Event()
         self._docs: dict[str, _Doc] = {}
         self._scripts = _Scripts()
@@ -521,6 +535,8 @@ class RedisBackend:
     # -- envelopes -------------------------------------------------------------
 
     def _on_envelope(self, document_id: str, seq: int, origin: str, event: Event) -> None:
+        if origin.startswith(self._tag):
+            self._echoed = int(origin[len(self._tag) :])
         doc = self._docs.get(document_id)
         if doc is None or self._mode == "down":
             return
@@ -812,7 +828,9 @@ class RedisBackend:
                     n = min(len(queue), BATCH)
                     batches.append([queue.popleft() for _ in range(n)])
                 self._inflight = [item for batch in batches for item in batch]
-                await store.commit_pipelined(batches)
+                first = self._inflight_first = self._written + 1
+                self._written += len(self._inflight)
+                await store.commit_pipelined(batches, first)
                 self._inflight = []
                 self._progress.set()
 
@@ -853,7 +871,10 @@ class RedisBackend:
             self._count_failure("connection")
         for task in list(self._reloads):
             task.cancel()
-        pending = [*self._inflight, *self._queue]
+        # In-flight events seen back already were applied (or are in Redis's state,
+        # which the restore loads): apply only the others, never twice.
+        seen = max(0, self._echoed - self._inflight_first + 1)
+        pending = [*self._inflight[seen:], *self._queue]
         self._inflight = []
         self._queue.clear()
         for doc in self._docs.values():

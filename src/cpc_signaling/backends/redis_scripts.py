@@ -139,17 +139,22 @@ local function reap(prefix, dead, origin, max_members, max_stored, ttl, batch)
 end
 """
 
-# ARGV: prefix, origin, max_members, max_stored, ttl_ms, then 7 per event:
-# doc, etype, conn, user, kind, frame, payload. Returns the seqs.
+# ARGV: prefix, origin, max_members, max_stored, ttl_ms, first, then 7 per event:
+# doc, etype, conn, user, kind, frame, payload. Returns the seqs. ``first`` (or
+# '') numbers the events: their envelopes' origin is "ORIGIN#N", N = first,
+# first + 1, ... (the instance tells which of its events came back).
 COMMIT: Final = (
     _PRELUDE
     + r"""
 local prefix, origin = ARGV[1], ARGV[2]
 local max_members, max_stored, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local first = tonumber(ARGV[6])
 local seqs = {}
-for i = 6, #ARGV, 7 do
+local o = origin
+for i = 7, #ARGV, 7 do
+  if first then o = origin .. '#' .. (first + #seqs) end
   seqs[#seqs + 1] = apply(prefix, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-                          ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], origin,
+                          ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], o,
                           max_members, max_stored, ttl)
 end
 return seqs
