@@ -41,9 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             serve_parser.error(problem)
         setup_logging(config.log_level, config.log_format)
+        from .backends import BackendStartError
         from .server.runner import run
 
-        run(config)
+        try:
+            run(config)
+        except BackendStartError as exc:
+            print(f"cpc-signaling: error: {exc}", file=sys.stderr)
+            return 1
         return 0
     parser.error(f"unknown command {args.command}")
     return 2

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from cpc_signaling.backends import BackendStartError
 from cpc_signaling.backends.redis import RedisBackend, RedisPresenceStore
 from cpc_signaling.client import Client
 from cpc_signaling.core import Hub
@@ -221,3 +222,39 @@ async def test_events_redis_ran_before_a_failure_are_not_applied_twice(
         await a.comment(doc, 1, 1, "end")
         got = await receive_until(b, lambda m: type(m) is Comment and m.content == "end")
         assert [m.content for m in got if type(m) is Comment] == ["once", "end"]
+
+
+async def test_an_instance_id_in_use_is_refused_and_a_crashed_ones_is_reclaimed(
+    redis: RedisServer,
+) -> None:
+    from cpc_signaling.server.config import Config
+
+    config = Config(
+        port=0,
+        redis_url=redis.url,
+        redis_prefix="i" + new_id()[:8],
+        instance_timeout=0.6,
+        heartbeat_interval=0.2,
+    )
+    same = "same" + new_id()[:6]
+    first = RedisBackend(redis.url, config=config, instance_id=same)
+    await first.start(lambda doc, event: None)
+    try:
+        assert first.ready
+        second = RedisBackend(redis.url, config=config, instance_id=same)
+        with pytest.raises(BackendStartError, match="in use"):
+            await second.start(lambda doc, event: None)
+        assert second._supervisor is None  # never served
+    finally:
+        # A crash: no retire, the liveness key is left to expire.
+        assert first._supervisor is not None
+        first._supervisor.cancel()
+        await asyncio.gather(first._supervisor, return_exceptions=True)
+        await first._disconnect()
+    restarted = RedisBackend(redis.url, config=config, instance_id=same)
+    await restarted.start(lambda doc, event: None)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await restarted._up.wait()
+    finally:
+        await restarted.close()

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from .base import Backend, BackendHooks, Broker, EnvelopeSink, EventSink, PresenceStore
+from .base import (
+    Backend,
+    BackendHooks,
+    BackendStartError,
+    Broker,
+    EnvelopeSink,
+    EventSink,
+    PresenceStore,
+)
 from .memory import MemoryBackend, MemoryBroker, MemoryBus, MemoryPresenceStore
 
 __all__ = [
     "Backend",
     "BackendHooks",
+    "BackendStartError",
     "Broker",
     "EnvelopeSink",
     "EventSink",

@@ -30,6 +30,11 @@ from ..core import DocumentState, Event
 if TYPE_CHECKING:
     from ..server.metrics import Metrics
 
+
+class BackendStartError(RuntimeError):
+    """The backend must not start (say, its instance id is in use); a clear message."""
+
+
 EventSink = Callable[[str, Event], None]
 """Called with (document_id, event) for each sequenced event, in order."""
 

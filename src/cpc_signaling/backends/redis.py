@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError, RedisError
 from ..core import DocumentState, Event, Left, Relayed
 from ..server.config import Config
 from . import redis_scripts as scripts
-from .base import BackendHooks, EventSink
+from .base import BackendHooks, BackendStartError, EventSink
 
 log = logging.getLogger("cpc_signaling.redis")
 
@@ -414,11 +414,45 @@ class RedisBackend:
         self._sink = sink
         if hooks is not None:
             self._hooks = hooks
+        await self._claim_instance_id()
         self._report(False, "starting")
         self._supervisor = asyncio.create_task(self._supervise(), name="redis-supervisor")
         # Usually Redis is there: wait briefly so /readyz is green right away.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._up.wait(), 1.5)
+
+    async def _claim_instance_id(self) -> None:
+        """Take this instance id's liveness key (SET NX) before serving: two running
+        instances with one id would share connection ids. A key left by a crashed
+        predecessor expires within --instance-timeout: wait for that; a key still
+        refreshed after it is another running instance: refuse to start. Redis away:
+        nothing to check now (the supervisor connects when it is back)."""
+        key = f"{self.prefix}:alive:{self.instance_id}"
+        ttl_ms = max(1, int(self.config.instance_timeout * 1000))
+        grace = self.config.instance_timeout + self.config.heartbeat_interval + 1.0
+        deadline = time.monotonic() + grace
+        client = _client(self.url)
+        try:
+            while not await client.set(key, "1", nx=True, px=ttl_ms):
+                if time.monotonic() > deadline:
+                    raise BackendStartError(
+                        f"instance id {self.instance_id!r} is in use: another running "
+                        f"instance keeps Redis key {key} alive; give each instance its "
+                        "own --instance-id (or none: a random one)"
+                    )
+                if deadline - time.monotonic() >= grace - 0.2:
+                    log.warning(
+                        "instance id %s is held in Redis (a restart after a crash?): "
+                        "waiting up to %.1f s for it to expire",
+                        self.instance_id,
+                        grace,
+                    )
+                await asyncio.sleep(0.1)
+        except (RedisError, OSError) as exc:
+            log.warning("could not check instance id %s in Redis: %s", self.instance_id, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def close(self) -> None:
         """Flush queued events (the drain's leaves) to Redis, retire, disconnect."""
