@@ -54,3 +54,19 @@ def test_resync_of_an_unchanged_replica_sends_nothing() -> None:
     fresh.restore_user(user, [conn.id], [])
     fresh.restore_user(other, ["x/1"], [("CursorUpdate", CURSOR)])
     assert hub.resync(fresh) == []
+
+
+def test_resync_sends_local_members_the_stored_messages_they_were_not_sent() -> None:
+    hub: Hub[str] = Hub(instance_id="me", retain_idle=False)
+    doc, user = new_id(), new_id()
+    conn = hub.connect("peer", user_id=user)
+    conn.joined.add(doc)
+    hub.local_refs[doc] = 1
+    hub.apply(doc, Joined(conn.id, user))
+    hub.apply(doc, Relayed(conn.id, user, "Comment", b"old"))
+    hub.apply(doc, Relayed(conn.id, user, "Comment", b"mine, while away"))
+    fresh = DocumentState(doc, seq=9)
+    fresh.restore_user(user, [conn.id], [])
+    fresh.stored.extend([b"old", b"theirs", b"mine, while away"])
+    told = [(list(s.peers), list(s.frames)) for s in hub.resync(fresh)]
+    assert told == [(["peer"], [b"theirs"])]

@@ -258,3 +258,48 @@ async def test_an_instance_id_in_use_is_refused_and_a_crashed_ones_is_reclaimed(
             await restarted._up.wait()
     finally:
         await restarted.close()
+
+
+async def test_stored_messages_of_an_outage_reach_everyone_once_after_restore(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold, held, gate = False, asyncio.Event(), asyncio.Event()
+    connect = RedisBackend._connect
+
+    async def slow_connect(self: RedisBackend) -> None:
+        if hold and self.instance_id.startswith("out"):
+            held.set()
+            await gate.wait()
+        await connect(self)
+
+    monkeypatch.setattr(RedisBackend, "_connect", slow_connect)
+    prefix, doc = "m" + new_id()[:8], new_id()
+    async with (
+        running_server(
+            redis_url=redis.url, redis_prefix=prefix, instance_id="out" + new_id()[:6]
+        ) as out,
+        running_server(redis_url=redis.url, redis_prefix=prefix) as up,
+        Client(out.url, new_id()) as a,
+        Client(out.url, new_id()) as c,
+        Client(up.url, new_id()) as b,
+    ):
+        await a.join(doc)
+        await b.join(doc)
+        await a.comment(doc, 1, 1, "before")
+        await receive_until(b, lambda m: type(m) is Comment)
+        backend = out.service.backend
+        assert isinstance(backend, RedisBackend)
+        hold = True
+        backend._fail(RuntimeError("a test outage"))
+        await asyncio.wait_for(held.wait(), TIMEOUT)  # out is down, and stays down
+        await b.comment(doc, 1, 1, "remote")  # out's members miss it for now
+        await a.comment(doc, 1, 1, "local")  # sequenced on out only
+        snapshot = await c.join(doc)  # a join during the outage: out's replica
+        assert [m.content for m in snapshot if type(m) is Comment] == ["before", "local"]
+        gate.set()
+        got_b = await receive_until(b, lambda m: type(m) is Comment and m.content == "local")
+        assert [m.content for m in got_b if type(m) is Comment] == ["local"]
+        await b.comment(doc, 1, 1, "end")
+        for client in (a, c):
+            got = await receive_until(client, lambda m: type(m) is Comment and m.content == "end")
+            assert [m.content for m in got if type(m) is Comment] == ["remote", "end"]

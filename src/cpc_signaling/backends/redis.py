@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from ..core import DocumentState, Event, Left, Relayed
+from ..core.state import STORED_KINDS
 from ..server.config import Config
 from . import redis_scripts as scripts
 from .base import BackendHooks, BackendStartError, EventSink
@@ -386,6 +387,9 @@ class RedisBackend:
         # failure only in-flight events past _echoed are applied locally: the
         # others reached Redis and were already applied here.
         self._written = 0
+        # Annotations and comments sequenced locally while Redis was away: committed
+        # to Redis by the restore (so other instances and later joiners get them).
+        self._local_stored: list[tuple[str, Event]] = []
         self._inflight_first = 1
         self._echoed = 0
         self._tag = instance_id + "#"
@@ -551,6 +555,10 @@ class RedisBackend:
             sink = self._sink
             if sink is None:
                 raise RuntimeError("backend not started")
+            if type(event) is Relayed and event.kind in STORED_KINDS:
+                if len(self._local_stored) >= MAX_PENDING:
+                    return False  # too many to re-commit later: refused, not lost
+                self._local_stored.append((document_id, event))
             sink(document_id, event)  # local sequencing while Redis is away
             return True
         pending = len(self._queue)
@@ -735,6 +743,12 @@ class RedisBackend:
         await self._race(store.heartbeat(timeout), listener)
         beat = time.monotonic()
         await self._race(store.sync(self._held()), listener)
+        while self._local_stored:
+            # Stored while Redis was away: to Redis now, before the documents are
+            # loaded (this instance is not subscribed yet: no second local delivery).
+            batch = self._local_stored[:BATCH]
+            await self._race(store.commit(batch), listener)
+            del self._local_stored[:BATCH]
         loaded: set[str] = set()
         while True:
             pending = [d for d in self._docs if d not in loaded]

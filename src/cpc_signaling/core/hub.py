@@ -247,6 +247,20 @@ class Hub(Generic[P]):
                 kind = "presence"
             if frames and (peers := others(user_id)):
                 sends.append(Send(peers, frames, kind))
+        # Annotations and comments stored meanwhile (elsewhere, or before a join made
+        # while the store was away): every local member gets those it was not sent.
+        if members and state.stored:
+            sent: dict[bytes, int] = {}
+            for frame in old.stored if old is not None else ():
+                sent[frame] = sent.get(frame, 0) + 1
+            fresh: list[bytes] = []
+            for frame in state.stored:
+                if sent.get(frame, 0):
+                    sent[frame] -= 1
+                else:
+                    fresh.append(frame)
+            if fresh:
+                sends.append(Send(list(members.values()), fresh, "stored"))
         self.install(state)
         return sends
 
