@@ -146,6 +146,22 @@ async def test_subscriptions_are_reference_counted(harness: Harness) -> None:
     assert [d for d, *_ in got] == [doc, marker, marker]
 
 
+async def test_envelopes_carry_the_events_as_committed_whatever_their_size(
+    harness: Harness,
+) -> None:
+    store = await harness.store()
+    inbox = Inbox()
+    broker = await harness.broker(inbox)
+    doc, user = new_id(), new_id()
+    await broker.subscribe(doc)
+    events: list[Event] = [Joined("i1/1", user)]
+    events += [Relayed("i1/1", user, "Comment", b"x" * n) for n in (0, 3, 255, 256, 65535, 65536)]
+    events.append(Left("i1/1", user))
+    await store.commit([(doc, e) for e in events])
+    got = await inbox.wait_for(len(events))
+    assert [e for *_, e in got] == events
+
+
 async def test_reap_leaves_every_membership_of_a_dead_instance(harness: Harness) -> None:
     store = await harness.store("survivor")
     doc1, doc2 = new_id(), new_id()

@@ -58,6 +58,7 @@ LEAVE_HEADROOM: Final = 100_000
 BATCH: Final = 256
 REAP_BATCH: Final = 1000
 MAX_BUFFERED: Final = 50_000
+TOUCH_BATCH: Final = 1000  # documents per TOUCH script call
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 2.0
 
@@ -148,19 +149,13 @@ class RedisPresenceStore:
     def _head(self) -> list[Any]:
         return [self.prefix, self.instance_id, self.max_members, self.max_stored, self.ttl_ms]
 
-    def _args(self, doc: str, event: Event) -> list[Any]:
-        payload = self._encode(event)
+    @staticmethod
+    def _args(doc: str, event: Event) -> list[Any]:
+        # The script builds each envelope's msgpack payload (an empty payload
+        # argument): a Relayed frame crosses to Redis once.
         if type(event) is Relayed:
-            return [doc, "R", event.conn, event.user, event.kind, event.frame, payload]
-        return [
-            doc,
-            "J" if type(event) is not Left else "L",
-            event.conn,
-            event.user,
-            "",
-            "",
-            payload,
-        ]
+            return [doc, "R", event.conn, event.user, event.kind, event.frame, ""]
+        return [doc, "J" if type(event) is not Left else "L", event.conn, event.user, "", "", ""]
 
     async def commit(self, items: Sequence[tuple[str, Event]]) -> list[int]:
         """Sequence, apply and publish ``items`` in order (one script per batch)."""
@@ -258,8 +253,9 @@ class RedisPresenceStore:
         )
 
     async def touch(self, documents: Sequence[str]) -> None:
-        if documents:
-            await self.scripts.call(self.client, "touch", self.prefix, self.ttl_ms, *documents)
+        for i in range(0, len(documents), TOUCH_BATCH):  # a short script at a time
+            chunk = documents[i : i + TOUCH_BATCH]
+            await self.scripts.call(self.client, "touch", self.prefix, self.ttl_ms, *chunk)
 
 
 class RedisBroker:

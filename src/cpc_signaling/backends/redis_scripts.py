@@ -41,6 +41,21 @@ local function mp_str(s)
   error('string too long')
 end
 
+local function mp_bin(s)
+  local n = #s
+  if n < 256 then return string.char(0xc4, n) .. s end
+  if n < 65536 then return string.char(0xc5, math.floor(n / 256), n % 256) .. s end
+  return string.char(0xc6, math.floor(n / 16777216), math.floor(n / 65536) % 256,
+                     math.floor(n / 256) % 256, n % 256) .. s
+end
+
+-- msgspec.msgpack.encode(Relayed(conn, user, kind, frame)): the frame is sent once,
+-- the script builds the envelope's payload.
+local function relayed_payload(conn, user, kind, frame)
+  return string.char(0x95) .. mp_str('R') .. mp_str(conn) .. mp_str(user) .. mp_str(kind)
+         .. mp_bin(frame)
+end
+
 -- msgspec.msgpack.encode(Left(conn, user)): a tagged, array-like struct.
 local function left_payload(conn, user)
   return string.char(0x93) .. mp_str('L') .. mp_str(conn) .. mp_str(user)
@@ -114,6 +129,13 @@ local function apply(prefix, doc, etype, conn, user, kind, frame, payload, origi
   -- cursor move costs 4 commands instead of 10.
   if etype ~= 'R' or STORED[kind] then
     for _, key in ipairs(k) do redis.call('PEXPIRE', key, ttl) end
+  end
+  if payload == '' then
+    if etype == 'R' then
+      payload = relayed_payload(conn, user, kind, frame)
+    else
+      payload = string.char(0x93) .. mp_str(etype) .. mp_str(conn) .. mp_str(user)
+    end
   end
   redis.call('PUBLISH', chan, seq .. ' ' .. origin .. ' ' .. payload)
   return seq
