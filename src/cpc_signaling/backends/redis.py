@@ -366,8 +366,8 @@ class RedisBackend:
     name = "redis"
 
     def __init__(self, url: str, *, config: Config, instance_id: str) -> None:
-        if any(c.isspace() for c in instance_id) or not instance_id:
-            raise ValueError("an instance id must be non-empty and contain no whitespace")
+        if any(c.isspace() or c == "#" for c in instance_id) or not instance_id:
+            raise ValueError("an instance id must be non-empty and contain no whitespace or '#'")
         self.url = url
         self.config = config
         self.instance_id = instance_id
@@ -574,7 +574,7 @@ class RedisBackend:
 
     def _on_envelope(self, document_id: str, seq: int, origin: str, event: Event) -> None:
         if origin.startswith(self._tag):
-            self._echoed = int(origin[len(self._tag) :])
+            self._echoed = max(self._echoed, int(origin[len(self._tag) :]))
         doc = self._docs.get(document_id)
         if doc is None or self._mode == "down":
             return
