@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -82,8 +82,9 @@ class Connection(Generic[P]):
         self.joined: set[str] = set()
 
 
-def _error(code: str, message: str) -> ProtocolError:
-    return ProtocolError(code, message)
+def _others(members: dict[str, P], sender: str) -> list[P]:
+    """Every local member's peer but the sending connection's."""
+    return [p for c, p in members.items() if c != sender]
 
 
 class Hub(Generic[P]):
@@ -160,10 +161,10 @@ class Hub(Generic[P]):
         doc_id = message.document_id
         if conn.user_id is None:
             if type(message) is not JoinDocument:
-                raise _error(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
+                raise ProtocolError(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
             conn.user_id = message.user_id  # open mode: the first join binds the user
         elif message.user_id != conn.user_id:
-            raise _error(
+            raise ProtocolError(
                 ErrorCode.AUTH_ERROR,
                 f"user_id {message.user_id} is not this connection's user; message dropped",
             )
@@ -171,7 +172,7 @@ class Hub(Generic[P]):
         if kind is JoinDocument:
             return doc_id, self._check_join(conn, doc_id)
         if doc_id not in conn.joined:
-            raise _error(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
+            raise ProtocolError(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
         if kind is LeaveDocument:
             self._release(conn, doc_id)
             return doc_id, Left(conn.id, conn.user_id)
@@ -187,10 +188,10 @@ class Hub(Generic[P]):
         assert conn.user_id is not None
         allowed = conn.allowed_documents
         if allowed is not None and doc_id not in allowed:
-            raise _error(ErrorCode.AUTH_ERROR, f"this token may not join document {doc_id}")
+            raise ProtocolError(ErrorCode.AUTH_ERROR, f"this token may not join document {doc_id}")
         if doc_id not in conn.joined:
             if len(conn.joined) >= self.limits.max_documents_per_connection:
-                raise _error(
+                raise ProtocolError(
                     ErrorCode.DOCUMENT_ERROR,
                     f"cannot join {doc_id}: a connection may join at most "
                     f"{self.limits.max_documents_per_connection} documents",
@@ -318,12 +319,12 @@ class Hub(Generic[P]):
             assert type(event) is Relayed
             if members:
                 key = (doc_id, event.user, event.kind) if event.kind in PRESENCE_KINDS else None
-                peers = [p for c, p in members.items() if c != event.conn]
+                peers = _others(members, event.conn)
                 if peers:
                     sends.append(Send(peers, (event.frame,), event.kind, key))
         elif outcome in (Outcome.JOINED_FIRST, Outcome.JOINED_AGAIN, Outcome.REJOINED):
             if outcome is Outcome.JOINED_FIRST and members:
-                peers = [p for c, p in members.items() if c != event.conn]
+                peers = _others(members, event.conn)
                 if peers:
                     sends.append(Send(peers, (state.join_frame(event.user),), "JoinDocument"))
             if conn is not None:
@@ -349,6 +350,10 @@ class Hub(Generic[P]):
                 sends.append(Send((conn.peer,), (leave,), "LeaveDocument"))  # the ack
             if outcome is Outcome.LEFT_LAST and members:
                 sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
+        elif outcome is Outcome.IGNORED and type(event) is Left and conn is not None:
+            # A leave sent while its join was in flight, and the join was then refused:
+            # still acknowledged, as every LeaveDocument the hub accepted is.
+            sends.append(Send((conn.peer,), (state.leave_frame(event.user),), "LeaveDocument"))
 
         if members is not None and not members:
             del self.local_members[doc_id]
@@ -390,7 +395,3 @@ class Hub(Generic[P]):
         """User ids present in ``doc_id`` (as this replica knows), oldest join first."""
         state = self.documents.get(doc_id)
         return [] if state is None else list(state.users)
-
-    def iter_members(self, doc_id: str) -> Iterator[P]:
-        """Local peers that are members of ``doc_id``."""
-        return iter(self.local_members.get(doc_id, {}).values())

@@ -138,6 +138,13 @@ class Service:
             self.control = ControlChannel(self)
             await self.control.start()
 
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, the body of /readyz) for every transport."""
+        if self.ready:
+            return True, "ready\n"
+        reason = "draining" if self.draining else f"backend {self.backend.name} not ready"
+        return False, f"not ready: {reason}\n"
+
     @property
     def ready(self) -> bool:
         return not self.draining and self.backend.ready
@@ -147,8 +154,7 @@ class Service:
         self.draining = True
         conns = list(self.hub.connections.values())
         for conn in conns:
-            for doc_id, event in self.hub.disconnect(conn):
-                self._submit(doc_id, event)
+            self._leave_all(conn)
         for conn in conns:
             conn.peer.close(1001, "server shutting down")
         log.info("drained %d connections", len(conns))
@@ -213,12 +219,15 @@ class Service:
 
     def on_close(self, conn: Connection[Peer]) -> None:
         """The connection is gone (closed, failed or timed out): it leaves everything."""
-        events = self.hub.disconnect(conn)
+        self._leave_all(conn)
         self._budgets.pop(conn.id, None)
         self.guard.forget(conn.id)
-        for doc_id, event in events:
-            self._submit(doc_id, event)
         log.debug("connection %s closed (user %s)", conn.id, conn.user_id, extra=_ctx(conn))
+
+    def _leave_all(self, conn: Connection[Peer]) -> None:
+        """Forget ``conn`` and submit its leave of every document it had joined."""
+        for doc_id, event in self.hub.disconnect(conn):
+            self._submit(doc_id, event)
 
     def on_frame(self, conn: Connection[Peer], data: bytes | str) -> Awaitable[None] | None:
         """Handle one text frame. Returns an awaitable only when a join must wait for
@@ -226,14 +235,18 @@ class Service:
         self._tally_bytes_in += len(data)
         if not self._tally_due:
             self._schedule_tally()
+        if self.hub.connections.get(conn.id) is not conn:
+            return None  # the server already let it go (kicked, drained, expired): buffered frames
         verdict = self.guard.check_rate(conn.id)
         if verdict:  # over --rate-limit: dropped, the sender told at most once a second
             if verdict is Verdict.DROP_NOTIFY:
-                self.send_error(
+                self.reject(
                     conn,
-                    ErrorCode.CONNECTION_ERROR,
-                    f"rate limited: more than {self.config.rate_limit:g} messages/s; "
-                    "messages are being dropped",
+                    ProtocolError(
+                        ErrorCode.CONNECTION_ERROR,
+                        f"rate limited: more than {self.config.rate_limit:g} messages/s; "
+                        "messages are being dropped",
+                    ),
                 )
             return None
         try:
@@ -350,8 +363,7 @@ class Service:
     def disconnect_local(self, user_id: str, reason: str) -> int:
         conns = [c for c in self.hub.connections.values() if c.user_id == user_id]
         for conn in conns:
-            for doc_id, event in self.hub.disconnect(conn):
-                self._submit(doc_id, event)
+            self._leave_all(conn)
             conn.peer.close(1008, reason)
             self.metrics.closes.labels("api_disconnect").inc()
         if conns:
