@@ -24,6 +24,7 @@ from cpc_signaling.protocol import (
     Selection,
     SelectionUpdate,
     TypingIndicator,
+    encode,
 )
 
 DOC = "d0000000-0000-4000-8000-000000000000"
@@ -432,3 +433,36 @@ def test_leave_sent_while_a_refused_join_was_in_flight_is_still_acknowledged() -
     # No error for a join the client already abandoned, but its leave is acknowledged.
     assert w.take("c") == [leave(DOC, CAROL)]
     assert w.hub.present_users(DOC) == [ALICE]
+
+
+def test_stored_bytes_budget_drops_idle_documents_then_refuses() -> None:
+    frame_size = len(encode(comment(DOC, ALICE, "x" * 100)))
+    w = World(Limits(max_stored_bytes=3 * frame_size))
+    w.connect("a")
+    idle = "e0000000-0000-4000-8000-000000000001"
+    w.send("a", join(idle, ALICE))
+    w.send("a", comment(idle, ALICE, "x" * 100))
+    w.send("a", leave(idle, ALICE))
+    w.send("a", join(DOC, ALICE))
+    w.send("a", comment(DOC, ALICE, "x" * 100))
+    w.send("a", comment(DOC, ALICE, "x" * 100))
+    assert w.hub.stored_bytes == 3 * frame_size
+    w.send("a", comment(DOC, ALICE, "x" * 100))  # room made: the idle document goes
+    assert idle not in w.hub.documents
+    assert w.hub.stored_bytes == 3 * frame_size
+    with pytest.raises(ProtocolError) as info:  # nothing idle left to drop
+        w.send("a", comment(DOC, ALICE, "x" * 100))
+    assert info.value.code == ErrorCode.CONNECTION_ERROR
+    w.send("a", cursor(DOC, ALICE, 1))  # presence is not stored: unaffected
+    w.close("a")
+    assert w.hub.stored_bytes == 3 * frame_size  # the document stays for its comments
+
+
+def test_stored_bytes_follow_the_per_document_bound() -> None:
+    w = World(Limits(max_stored_per_document=2))
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    for i in range(5):
+        w.send("a", comment(DOC, ALICE, f"c{i}"))
+    state = w.hub.documents[DOC]
+    assert state.stored_bytes == sum(map(len, state.stored)) == w.hub.stored_bytes

@@ -119,7 +119,7 @@ def build_state(document_id: str, raw: Sequence[Any], max_stored: int) -> Docume
         user = raw_user.decode()
         presence = sorted(presence_of.get(user, ()))
         state.restore_user(user, sorted(conns_of.get(user, ())), [(k, f) for _, k, f in presence])
-    state.stored.extend(stored)
+    state.load_stored(stored)
     return state
 
 

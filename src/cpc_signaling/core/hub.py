@@ -44,6 +44,7 @@ class Limits:
     max_members_per_document: int = 1000
     max_stored_per_document: int = 1000
     max_documents: int = 100_000
+    max_stored_bytes: int = 256 << 20
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ class Hub(Generic[P]):
         self.local_members: dict[str, dict[str, P]] = {}
         # Documents kept only for their stored messages, least recently active first.
         self._idle: OrderedDict[str, None] = OrderedDict()
+        self.stored_bytes = 0  # annotations and comments held, over all documents
         self._ids = itertools.count(1)
         # document -> local connections that joined or are joining it.
         self.local_refs: dict[str, int] = {}
@@ -176,13 +178,17 @@ class Hub(Generic[P]):
         if kind is LeaveDocument:
             self._release(conn, doc_id)
             return doc_id, Left(conn.id, conn.user_id)
-        return doc_id, Relayed(conn.id, conn.user_id, kind.__name__, encode(message))
+        frame = encode(message)
+        if self.retain_idle and (kind is Annotation or kind is Comment):
+            self._make_room(len(frame))
+        return doc_id, Relayed(conn.id, conn.user_id, kind.__name__, frame)
 
     def publish(self, message: Annotation | Comment) -> tuple[str, Relayed]:
         """An Annotation or Comment from the server itself (its API), not from a member."""
-        return message.document_id, Relayed(
-            "", message.user_id, type(message).__name__, encode(message)
-        )
+        frame = encode(message)
+        if self.retain_idle:
+            self._make_room(len(frame))
+        return message.document_id, Relayed("", message.user_id, type(message).__name__, frame)
 
     def _check_join(self, conn: Connection[P], doc_id: str) -> Joined:
         assert conn.user_id is not None
@@ -213,6 +219,8 @@ class Hub(Generic[P]):
 
     def install(self, state: DocumentState) -> None:
         """Replace a replica with one loaded from a shared store (seq included)."""
+        old = self.documents.get(state.document_id)
+        self.stored_bytes += state.stored_bytes - (old.stored_bytes if old is not None else 0)
         self.documents[state.document_id] = state
         self._idle.pop(state.document_id, None)
 
@@ -308,7 +316,9 @@ class Hub(Generic[P]):
     def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
         """Apply a sequenced event; return what local peers must be sent."""
         state = self.document(doc_id)
+        stored_before = state.stored_bytes
         outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+        self.stored_bytes += state.stored_bytes - stored_before
         conn = self.connections.get(event.conn)
         if conn is not None and doc_id not in conn.joined and type(event) is not Left:
             conn = None  # it left (or closed) while this event was in flight
@@ -366,15 +376,31 @@ class Hub(Generic[P]):
         if doc_id in self.local_members or doc_id in self.local_refs:
             return  # a local join is on its way: it needs this replica (stored messages)
         if not self.retain_idle or state.is_empty():
-            del self.documents[doc_id]
-            self._idle.pop(doc_id, None)
+            self._drop(doc_id)
             return
         self._idle[doc_id] = None
         self._idle.move_to_end(doc_id)
         # Overflow policy: drop the least recently active documents that have no members.
         while len(self.documents) > self.limits.max_documents and self._idle:
-            oldest, _ = self._idle.popitem(last=False)
-            del self.documents[oldest]
+            self._drop(next(iter(self._idle)))
+
+    def _drop(self, doc_id: str) -> None:
+        state = self.documents.pop(doc_id, None)
+        self._idle.pop(doc_id, None)
+        if state is not None:
+            self.stored_bytes -= state.stored_bytes
+
+    def _make_room(self, nbytes: int) -> None:
+        """Keep stored messages within ``max_stored_bytes`` (memory backend): drop the
+        least recently active idle documents, else refuse the new message."""
+        budget = self.limits.max_stored_bytes
+        while self.stored_bytes + nbytes > budget and self._idle:
+            self._drop(next(iter(self._idle)))
+        if self.stored_bytes + nbytes > budget:
+            raise ProtocolError(
+                ErrorCode.CONNECTION_ERROR,
+                "the server's storage for annotations and comments is full; try later",
+            )
 
     def cancel_join(self, conn: Connection[P], doc_id: str) -> None:
         """Undo ``receive``'s claim for a join that will not be submitted."""
@@ -386,8 +412,7 @@ class Hub(Generic[P]):
             state = self.documents.get(doc_id)
             if self.retain_idle and state is not None and not state.is_empty():
                 return  # the only copy of its annotations and comments (memory backend)
-            self.documents.pop(doc_id, None)
-            self._idle.pop(doc_id, None)
+            self._drop(doc_id)
 
     # -- reading ---------------------------------------------------------
 

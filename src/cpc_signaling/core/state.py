@@ -60,7 +60,7 @@ class UserPresence:
 class DocumentState:
     """The replica of one document. ``seq`` is the last event applied."""
 
-    __slots__ = ("conns", "document_id", "seq", "stored", "users")
+    __slots__ = ("conns", "document_id", "seq", "stored", "stored_bytes", "users")
 
     def __init__(self, document_id: str, *, max_stored: int = 1000, seq: int = 0) -> None:
         self.document_id = document_id
@@ -70,6 +70,20 @@ class DocumentState:
         self.conns: dict[str, str] = {}  # connection id -> user id
         # Annotations and comments, oldest first; the oldest go when full.
         self.stored: deque[bytes] = deque(maxlen=max_stored)
+        self.stored_bytes = 0  # of ``stored``: what a memory budget counts
+
+    def add_stored(self, frame: bytes) -> None:
+        stored = self.stored
+        if len(stored) == stored.maxlen:
+            self.stored_bytes -= len(stored[0])  # the oldest goes
+        stored.append(frame)
+        self.stored_bytes += len(frame)
+
+    def load_stored(self, frames: Iterable[bytes]) -> None:
+        """Set the stored messages (oldest first) as a shared store recorded them."""
+        self.stored.clear()
+        self.stored.extend(frames)
+        self.stored_bytes = sum(map(len, self.stored))
 
     @property
     def member_count(self) -> int:
@@ -146,7 +160,7 @@ class DocumentState:
         elif self.conns.get(event.conn) != event.user:
             return Outcome.IGNORED
         if event.kind in STORED_KINDS:
-            self.stored.append(event.frame)
+            self.add_stored(event.frame)
         else:
             self.users[event.user].set_presence(event.kind, event.frame)
         return Outcome.RELAYED

@@ -50,6 +50,11 @@ class Config:
     max_documents: int = _opt(
         100_000, "documents kept in memory; idle ones are dropped least recently active first"
     )
+    max_stored_bytes: int = _opt(
+        256 << 20,
+        "bytes of annotations and comments kept in memory over all documents (memory "
+        "backend); when full, idle documents go first, then new ones get CONNECTION_ERROR",
+    )
     error_limit: int = _opt(20, "errors a connection may cause within --error-window")
     error_window: float = _opt(10.0, "seconds over which --error-limit counts")
     outbox_max_bytes: int = _opt(

@@ -96,6 +96,7 @@ class Service:
             max_members_per_document=config.max_members_per_document,
             max_stored_per_document=config.max_stored_per_document,
             max_documents=config.max_documents,
+            max_stored_bytes=config.max_stored_bytes,
         )
         self.hub: Hub[Peer] = Hub(
             instance_id=self.instance_id,
