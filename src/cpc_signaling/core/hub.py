@@ -297,21 +297,26 @@ class Hub(Generic[P]):
         if type(event) is not Joined or conn is None or doc_id not in conn.joined or state is None:
             return sends
         if state.conns.get(conn.id) == event.user:
-            members = self.local_members.setdefault(doc_id, {})
-            members[conn.id] = conn.peer
-            frames = [*state.snapshot(event.user), state.join_frame(event.user)]
-            sends.append(Send((conn.peer,), frames, "snapshot"))
+            sends.append(self._admit(conn, state, event.user))
         elif len(state.conns) >= self.limits.max_members_per_document:
             # Refused by the shared store (full). Otherwise it left and joined again:
             # that later Joined is still on its way.
-            self._release(conn, doc_id)
-            error = Error(
-                code=ErrorCode.DOCUMENT_ERROR,
-                message=f"document {doc_id} is full "
-                f"({self.limits.max_members_per_document} members)",
-            )
-            sends.append(Send((conn.peer,), (encode(error),), "Error"))
+            sends.append(self._refuse_full(conn, doc_id))
         return sends
+
+    def _admit(self, conn: Connection[P], state: DocumentState, user_id: str) -> Send[P]:
+        """Make ``conn`` a local member; its snapshot, cut here, and acknowledgement."""
+        self.local_members.setdefault(state.document_id, {})[conn.id] = conn.peer
+        frames = [*state.snapshot(user_id), state.join_frame(user_id)]
+        return Send((conn.peer,), frames, "snapshot")
+
+    def _refuse_full(self, conn: Connection[P], doc_id: str) -> Send[P]:
+        self._release(conn, doc_id)
+        error = Error(
+            code=ErrorCode.DOCUMENT_ERROR,
+            message=f"document {doc_id} is full ({self.limits.max_members_per_document} members)",
+        )
+        return Send((conn.peer,), (encode(error),), "Error")
 
     def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
         """Apply a sequenced event; return what local peers must be sent."""
@@ -338,20 +343,11 @@ class Hub(Generic[P]):
                 if peers:
                     sends.append(Send(peers, (state.join_frame(event.user),), "JoinDocument"))
             if conn is not None:
-                if members is None:
-                    members = self.local_members[doc_id] = {}
-                members[conn.id] = conn.peer
-                frames = [*state.snapshot(event.user), state.join_frame(event.user)]
-                sends.append(Send((conn.peer,), frames, "snapshot"))
+                sends.append(self._admit(conn, state, event.user))
+                members = self.local_members[doc_id]
         elif outcome is Outcome.REJECTED_FULL:
             if conn is not None:
-                self._release(conn, doc_id)
-                error = Error(
-                    code=ErrorCode.DOCUMENT_ERROR,
-                    message=f"document {doc_id} is full "
-                    f"({self.limits.max_members_per_document} members)",
-                )
-                sends.append(Send((conn.peer,), (encode(error),), "Error"))
+                sends.append(self._refuse_full(conn, doc_id))
         elif outcome in (Outcome.LEFT_LAST, Outcome.LEFT_OTHERS_REMAIN):
             if members is not None:
                 members.pop(event.conn, None)
