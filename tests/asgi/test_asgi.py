@@ -1,8 +1,8 @@
 """The ASGI transport under uvicorn: what the shared protocol tests do not reach.
 
 The protocol itself runs against the ASGI app through the parametrized ``server``
-fixture (tests/server/). Here: limits, pings, auth, draining and slow readers,
-which depend on the transport, and mounting under a path prefix.
+fixture (tests/server/, including 1009 and pings). Here: the app's own size limit, auth,
+draining and slow readers, which depend on the transport, and mounting under a prefix.
 """
 
 from __future__ import annotations
@@ -36,18 +36,6 @@ def frame(kind: str, **fields: object) -> str:
     return json.dumps({kind: fields})
 
 
-async def test_oversized_frame_closes_1009_at_uvicorn_limit() -> None:
-    async with (
-        running_asgi_server(max_message_bytes=1024) as server,
-        aiohttp.ClientSession() as session,
-        session.ws_connect(server.url) as ws,
-    ):
-        await ws.send_str("x" * 2000)
-        msg = await ws.receive(TIMEOUT)
-        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        assert ws.close_code == 1009
-
-
 async def test_app_enforces_its_limit_when_the_asgi_server_allows_more() -> None:
     # Mounted in someone else's app: uvicorn's ws_max_size is theirs (here 1 MiB).
     app = create_app(Config(max_message_bytes=1024))
@@ -71,19 +59,6 @@ async def test_app_enforces_its_limit_when_the_asgi_server_allows_more() -> None
                 break
             await asyncio.sleep(0.01)
         assert app.service.hub.present_users(doc) == []
-
-
-async def test_unanswered_pings_close_and_leave() -> None:
-    async with running_asgi_server(ping_interval=0.2, ping_timeout=0.3) as srv:
-        doc = new_id()
-        async with srv.client() as watcher, aiohttp.ClientSession() as session:
-            await watcher.join(doc)
-            mute = await session.ws_connect(srv.url, autoping=False)  # never answers pings
-            user = new_id()
-            await mute.send_str(frame("JoinDocument", document_id=doc, user_id=user))
-            assert await watcher.receive(TIMEOUT) == JoinDocument(document_id=doc, user_id=user)
-            assert await watcher.receive(TIMEOUT) == LeaveDocument(document_id=doc, user_id=user)
-            await mute.close()
 
 
 async def test_jwt_over_asgi() -> None:
