@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -189,7 +190,9 @@ async def spawn_server(
         for line in proc.stdout:
             lines.append(line)
 
-    loop.run_in_executor(None, pump)
+    # A daemon thread, not the loop's executor: a server that outlives its test must
+    # not hold the event loop's shutdown (it waits for executor threads) forever.
+    threading.Thread(target=pump, name=f"pump-{proc.pid}", daemon=True).start()
     http = url.replace("ws://", "http://").removesuffix("/ws")
     return ServerProcess(proc, url, http, lines)
 

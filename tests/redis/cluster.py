@@ -33,8 +33,13 @@ async def spawn_instances(
         )
     )
     if check_ready:
-        for server in servers:
-            await wait_ready(server, True)
+        try:
+            for server in servers:
+                await wait_ready(server, True)
+        except BaseException:
+            for server in servers:
+                server.kill()
+            raise
     return servers
 
 
@@ -45,6 +50,11 @@ async def instances(
     servers = await spawn_instances(redis, count, *extra)
     try:
         yield servers
+    except BaseException:
+        # The instances' own logs are the first thing a failure here needs.
+        for n, server in enumerate(servers):
+            print(f"--- instance {n} log (last 40 lines) ---\n" + "".join(server.lines[-40:]))
+        raise
     finally:
         for server in servers:
             server.kill()

@@ -17,7 +17,10 @@ from .server import RedisServer
 async def test_concurrent_joins_and_leaves_are_seen_exactly_once(redis: RedisServer) -> None:
     doc = new_id()
     rng = random.Random(7)
-    async with instances(redis, 3) as servers:
+    # Not a crash test: timings a loaded CI machine cannot mistake for a dead instance.
+    async with instances(
+        redis, 3, "--heartbeat-interval", "1", "--instance-timeout", "6"
+    ) as servers:
         urls = [s.url for s in servers]
         first = [Client(urls[n % 3], new_id()) for n in range(18)]
         # One user with a tab on two instances; one tab leaves, the user stays.
@@ -51,6 +54,22 @@ async def test_concurrent_joins_and_leaves_are_seen_exactly_once(redis: RedisSer
             remaining = [c for c in [*first, *late] if c not in leavers] + [tabs[0]]
             present = {c.user_id for c in remaining}
             gone = {c.user_id for c in leavers}
+
+            # A closed socket is not yet a sequenced leave: its instance must notice the
+            # close first. Wait for a witness (present since the start) to see each
+            # closer's leave, so the marker below is sequenced after all of them.
+            witness = tabs[0]
+            pending = {c.user_id for c in closers} - {
+                m.user_id for m in seen[witness] if type(m) is LeaveDocument
+            }
+
+            def last_closer_left(message: Message) -> bool:
+                if type(message) is LeaveDocument:
+                    pending.discard(message.user_id)
+                return not pending
+
+            if pending:
+                seen[witness] += await receive_until(witness, last_closer_left)
 
             # A barrier: a document's events are in one order, so once a client has
             # the marker's join it has everything sequenced before it.

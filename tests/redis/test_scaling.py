@@ -346,3 +346,26 @@ async def test_flushall_is_noticed_and_state_is_rebuilt(redis: RedisServer) -> N
         # a saw c come and go, b's cursor; never b leaving.
         assert LeaveDocument(document_id=doc, user_id=b.user_id) not in got
         assert user_of(got[-1]) == b.user_id
+
+
+async def test_a_stalled_instance_declared_dead_comes_back(redis: RedisServer) -> None:
+    """Stopped past the instance timeout (SIGSTOP), an instance's users are announced
+    gone; once it runs again it notices, restores them, and they are back for all."""
+    doc = new_id()
+    async with (
+        instances(redis, 2) as (s1, s2),
+        Client(s1.url, new_id()) as a,
+        Client(s2.url, new_id()) as b,
+    ):
+        await a.join(doc)
+        await b.join(doc)
+        await receive_until(a, lambda m: type(m) is JoinDocument)
+        s1.signal(signal.SIGSTOP)
+        try:
+            await receive_until(b, lambda m: m == LeaveDocument(document_id=doc, user_id=a.user_id))
+        finally:
+            s1.signal(signal.SIGCONT)
+        await receive_until(b, lambda m: m == JoinDocument(document_id=doc, user_id=a.user_id))
+        await a.cursor(doc, 7, 7)
+        got = await receive_until(b, lambda m: type(m) is CursorUpdate)
+        assert user_of(got[-1]) == a.user_id

@@ -54,6 +54,10 @@ def _no_settle(document_id: str, event: Event) -> None:
     return None
 
 
+def _no_held() -> list[tuple[str, str, str]]:
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class BackendHooks:
     """What a backend with shared state may ask of the service that runs it.
@@ -63,12 +67,17 @@ class BackendHooks:
     one reloaded from the shared store, telling local members what changed
     (``Hub.resync``). ``settle(doc, event)``: the local side only of this
     instance's own Joined or Left that an installed state already contains
-    (``Hub.settle``). ``metrics``: where readiness changes and failures count.
+    (``Hub.settle``). ``held()``: (document, connection, user) for every document
+    a local connection has joined and not left, whatever the shared state says (a
+    survivor may have reaped them while this instance stalled): what a restore
+    re-registers (``Hub.memberships``). ``metrics``: where readiness changes and
+    failures count.
     """
 
     replica: Callable[[str], DocumentState | None] = _no_replica
     resync: Callable[[DocumentState], None] = _no_resync
     settle: Callable[[str, Event], None] = _no_settle
+    held: Callable[[], list[tuple[str, str, str]]] = _no_held
     metrics: Metrics | None = None
 
 

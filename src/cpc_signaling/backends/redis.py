@@ -813,16 +813,11 @@ class RedisBackend:
         return task.result()
 
     def _held(self) -> list[tuple[str, str, str]]:
-        """(document, connection, user) for every membership of this instance."""
-        held: list[tuple[str, str, str]] = []
-        mine = self.instance_id + "/"
-        for document_id in self._docs:
-            replica = self._hooks.replica(document_id)
-            if replica is not None:
-                for conn, user in replica.conns.items():
-                    if conn.startswith(mine):
-                        held.append((document_id, conn, user))
-        return held
+        """(document, connection, user) for every membership of this instance in the
+        documents it follows. From the hub's connections, not the replica: a survivor
+        that took this instance for dead has reaped them from the replica too."""
+        docs = self._docs
+        return [held for held in self._hooks.held() if held[0] in docs]
 
     def _lost_presence(self, document_id: str, state: DocumentState) -> list[tuple[str, Event]]:
         """Presence of this instance's users that the shared state lacks (lost, or set

@@ -60,7 +60,7 @@ class Send(Generic[P]):
     frames: Sequence[bytes]
     kind: str
     key: ConflationKey | None = None
-    wire: object = None
+    wire: bytes | None = None
 
 
 class Connection(Generic[P]):
@@ -411,6 +411,16 @@ class Hub(Generic[P]):
             self._drop(doc_id)
 
     # -- reading ---------------------------------------------------------
+
+    def memberships(self) -> list[tuple[str, str, str]]:
+        """(document, connection, user) for every document a local connection joined
+        and has not left: what this instance holds, whatever a replica says."""
+        return [
+            (doc_id, conn.id, conn.user_id)
+            for conn in self.connections.values()
+            if conn.user_id is not None
+            for doc_id in conn.joined
+        ]
 
     def present_users(self, doc_id: str) -> list[str]:
         """User ids present in ``doc_id`` (as this replica knows), oldest join first."""

@@ -55,7 +55,6 @@ def wire_bytes(send: Send[Peer]) -> bytes:
         wire = send.wire = (
             text_frame(frames[0]) if len(frames) == 1 else b"".join(map(text_frame, frames))
         )
-    assert isinstance(wire, bytes)
     return wire
 
 
@@ -159,14 +158,14 @@ class WsPeer:
             wire = wire_bytes(send)
         pending = self._pending
         if pending is not None:  # already writing this iteration
-            pending.append(wire)  # type: ignore[arg-type]
+            pending.append(wire)
             return
         if self.closed:
             return
         if self._outbox or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            self._enqueue(wire, send.key if len(send.frames) == 1 else None)  # type: ignore[arg-type]
+            self._enqueue(wire, send.key if len(send.frames) == 1 else None)
             return
-        self._pending = [wire]  # type: ignore[list-item]
+        self._pending = [wire]
         self._coalescer.add(self)
 
     def write_pending(self) -> None:

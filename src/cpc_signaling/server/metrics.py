@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..protocol import MESSAGE_TYPES
@@ -19,7 +19,7 @@ class _Live(Collector):
     def __init__(self, read: Callable[[], dict[str, tuple[str, float]]]) -> None:
         self._read = read
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         for name, (doc, value) in self._read().items():
             family = GaugeMetricFamily(f"cpc_{name}", doc)
             family.add_metric([], value)

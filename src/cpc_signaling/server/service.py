@@ -98,10 +98,13 @@ class Service:
             max_documents=config.max_documents,
             max_stored_bytes=config.max_stored_bytes,
         )
+        # A shared backend (Redis) holds the state and must be attached to per document;
+        # the memory backend's state is this hub itself: no attach, no detach, no task.
+        self._shared = not isinstance(backend, MemoryBackend)
         self.hub: Hub[Peer] = Hub(
             instance_id=self.instance_id,
             limits=limits,
-            retain_idle=isinstance(backend, MemoryBackend),
+            retain_idle=not self._shared,
         )
         self.decoder = Decoder(max_content_chars=config.max_content_chars)
         self.metrics = metrics or Metrics()
@@ -130,6 +133,7 @@ class Service:
             replica=self.hub.documents.get,
             resync=self._on_resync,
             settle=self._on_settle,
+            held=self.hub.memberships,
             metrics=self.metrics,
         )
         await self.backend.start(self._on_event, hooks)
@@ -259,7 +263,7 @@ class Service:
         kind = type(message).__name__
         tally_in = self._tally_in
         tally_in[kind] = tally_in.get(kind, 0) + 1
-        if type(event) is Joined:
+        if type(event) is Joined and self._shared:
             attached = self._attached.get(doc_id)
             if attached is None or not attached.done():
                 return self._attach_then_join(conn, doc_id, event)
@@ -454,13 +458,10 @@ class Service:
         # The fan-out histogram samples one event in 8: timing each costs more than
         # a small fan-out itself, and the distribution is what it is for.
         sample = self._fanout_sample = (self._fanout_sample + 1) & 7
-        if sample:
-            for send in self.hub.apply(doc_id, event):
-                self._deliver(send)
-        else:
-            started = time.perf_counter()
-            for send in self.hub.apply(doc_id, event):
-                self._deliver(send)
+        started = 0.0 if sample else time.perf_counter()
+        for send in self.hub.apply(doc_id, event):
+            self._deliver(send)
+        if not sample:
             self.metrics.fanout_seconds.observe(time.perf_counter() - started)
         if self.hub.released:
             self._detach_released()
