@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import aiohttp
 
-from cpc_signaling.bench import Printer, Workload, summarize, verdict
-from cpc_signaling.bench_worker import Clock, Layout, Worker, client_frame
+from cpc_signaling.bench.runner import Printer, Workload, summarize, verdict
+from cpc_signaling.bench.worker import Clock, Layout, Worker, client_frame
 
 from ..helpers import TIMEOUT, RunningServer, spawn_server
 

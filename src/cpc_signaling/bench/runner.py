@@ -8,7 +8,7 @@ generator's own CPU use (a saturated generator is flagged, never mistaken for a
 slow server), and with ``--spawn`` the server's CPU and RSS too. ``--find-max``
 raises the rate until p99 passes a bound or anything is lost.
 
-The generator runs in ``--procs`` worker processes (see :mod:`.bench_worker`);
+The generator runs in ``--procs`` worker processes (see :mod:`.worker`);
 this module only plans, coordinates and reports. Nothing here is imported by
 the server.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .bench_worker import Layout, StepStats, _raise_file_limit, run_queue_wait, worker_main
+from .worker import Layout, StepStats, _raise_file_limit, run_queue_wait, worker_main
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
@@ -222,7 +222,7 @@ def _proc_rss(pid: int) -> int | None:
 
 def _tokens(args: argparse.Namespace, user_ids: list[str]) -> tuple[list[str], list[str | None]]:
     if args.jwt_secret:
-        from .tokens import mint_token
+        from ..tokens import mint_token
 
         minted: dict[str, str] = {}
         tokens: list[str | None] = []
