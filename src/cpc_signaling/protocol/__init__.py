@@ -1,6 +1,7 @@
 """The CPC signaling protocol: messages and codec. No I/O."""
 
 from .codec import DEFAULT_MAX_CONTENT_CHARS, Decoder, ProtocolError, encode
+from .ids import canonical_uuid, is_uuid
 from .messages import (
     MESSAGE_TYPES,
     Annotation,
@@ -44,5 +45,7 @@ __all__ = [
     "SelectionUpdate",
     "StoredMessage",
     "TypingIndicator",
+    "canonical_uuid",
     "encode",
+    "is_uuid",
 ]

@@ -34,7 +34,8 @@ import msgspec
 from aiohttp import web
 
 from ..protocol import Annotation, Comment, Error, ErrorCode, ProtocolError, encode
-from .service import Service, Unavailable, canonical_uuid
+from ..protocol.ids import canonical_uuid
+from .service import Service, Unavailable
 
 PREFIX = "/api/"
 _ROUTES = (

@@ -18,7 +18,6 @@ Choices where the contract is silent (docs/security.md explains them):
 
 from __future__ import annotations
 
-import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,10 +28,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from ..protocol.messages import UUID_PATTERN
+from ..protocol.ids import is_uuid
 from .config import Config
 
-_UUID = re.compile(UUID_PATTERN)
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 # Shorter HMAC secrets are brute-forceable offline from any token (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
@@ -159,14 +157,12 @@ class Authenticator:
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not _UUID.match(sub):
+        if not isinstance(sub, str) or not is_uuid(sub):
             raise AuthError("token `sub` claim must be a user_id (a UUID)")
         docs = claims.get("docs")
         allowed: frozenset[str] | None = None
         if docs is not None:
-            if not isinstance(docs, list) or not all(
-                isinstance(d, str) and _UUID.match(d) for d in docs
-            ):
+            if not isinstance(docs, list) or not all(is_uuid(d) for d in docs):
                 raise AuthError("token `docs` claim must be a list of document_ids (UUIDs)")
             allowed = frozenset(d.lower() for d in docs)
         exp = claims["exp"]  # PyJWT checked it is a number

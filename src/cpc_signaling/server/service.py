@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Iterable
@@ -40,7 +39,7 @@ from ..protocol import (
     ProtocolError,
     encode,
 )
-from ..protocol.messages import UUID_PATTERN
+from ..protocol.ids import canonical_uuid
 from .config import Config
 from .guard import Guard, Refusal, Verdict
 from .metrics import Metrics
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
     from .control import ControlChannel
 
 log = logging.getLogger("cpc_signaling.server")
-_UUID = re.compile(UUID_PATTERN)
 
 
 class Peer(Protocol):
@@ -60,13 +58,6 @@ class Peer(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing the connection with ``code``; never blocks."""
-
-
-def canonical_uuid(value: str) -> str:
-    """``value`` as a canonical UUID string (lowercase, hyphenated); ValueError if not one."""
-    if _UUID.match(value) is None:
-        raise ValueError(f"not a UUID: {value[:64]!r}")
-    return value.lower()
 
 
 class Unavailable(Exception):
