@@ -318,11 +318,16 @@ class Hub(Generic[P]):
         )
         return Send((conn.peer,), (encode(error),), "Error")
 
-    def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
-        """Apply a sequenced event; return what local peers must be sent."""
+    def apply(self, doc_id: str, event: Event, decided: int | None = None) -> list[Send[P]]:
+        """Apply a sequenced event; return what local peers must be sent.
+
+        ``decided``: the outcome a shared store decided (``DocumentState.apply``).
+        """
         state = self.document(doc_id)
         stored_before = state.stored_bytes
-        outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+        outcome = state.apply(
+            event, max_members=self.limits.max_members_per_document, decided=decided
+        )
         self.stored_bytes += state.stored_bytes - stored_before
         conn = self.connections.get(event.conn)
         if conn is not None and doc_id not in conn.joined and type(event) is not Left:

@@ -60,7 +60,7 @@ class UserPresence:
 class DocumentState:
     """The replica of one document. ``seq`` is the last event applied."""
 
-    __slots__ = ("conns", "document_id", "seq", "stored", "stored_bytes", "users")
+    __slots__ = ("conns", "document_id", "max_stored", "seq", "stored", "stored_bytes", "users")
 
     def __init__(self, document_id: str, *, max_stored: int = 1000, seq: int = 0) -> None:
         self.document_id = document_id
@@ -68,16 +68,21 @@ class DocumentState:
         # dict order is join order: oldest first, as snapshots need.
         self.users: dict[str, UserPresence] = {}
         self.conns: dict[str, str] = {}  # connection id -> user id
-        # Annotations and comments, oldest first; the oldest go when full.
-        self.stored: deque[bytes] = deque(maxlen=max_stored)
+        # Annotations and comments, oldest first; the oldest go when full (``max_stored``,
+        # or what a shared store decided: see ``apply``).
+        self.max_stored = max_stored
+        self.stored: deque[bytes] = deque()
         self.stored_bytes = 0  # of ``stored``: what a memory budget counts
 
-    def add_stored(self, frame: bytes) -> None:
+    def add_stored(self, frame: bytes, evict: int | None = None) -> None:
+        """Append ``frame``; then drop the ``evict`` oldest (None: beyond ``max_stored``)."""
         stored = self.stored
-        if len(stored) == stored.maxlen:
-            self.stored_bytes -= len(stored[0])  # the oldest goes
         stored.append(frame)
         self.stored_bytes += len(frame)
+        if evict is None:
+            evict = len(stored) - self.max_stored
+        for _ in range(min(evict, len(stored))):
+            self.stored_bytes -= len(stored.popleft())
 
     def load_stored(self, frames: Iterable[bytes]) -> None:
         """Set the stored messages (oldest first) as a shared store recorded them."""
@@ -114,20 +119,28 @@ class DocumentState:
             yield from user.presence.values()
         yield from self.stored
 
-    def apply(self, event: Event, *, max_members: int) -> Outcome:
-        """Apply one event; ``max_members`` must be the same on every instance."""
+    def apply(self, event: Event, *, max_members: int, decided: int | None = None) -> Outcome:
+        """Apply one event.
+
+        ``decided`` is what a shared store (Redis) decided when it sequenced the event,
+        so that every replica has the same outcome whatever its own configuration: for
+        a ``Joined``, 1 if the document was full (0 if not); for a stored Annotation or
+        Comment, how many of the oldest stored messages go once it is appended. None:
+        decide here, with ``max_members`` and ``max_stored`` (one process is the truth).
+        """
         self.seq += 1
         if type(event) is Relayed:
-            return self._relay(event)
+            return self._relay(event, decided)
         if type(event) is Joined:
-            return self._join(event, max_members)
+            return self._join(event, max_members, decided)
         assert type(event) is Left
         return self._leave(event)
 
-    def _join(self, event: Joined, max_members: int) -> Outcome:
+    def _join(self, event: Joined, max_members: int, decided: int | None) -> Outcome:
         if event.conn in self.conns:
             return Outcome.REJOINED
-        if len(self.conns) >= max_members:
+        full = len(self.conns) >= max_members if decided is None else decided == 1
+        if full:
             return Outcome.REJECTED_FULL
         self.conns[event.conn] = event.user
         user = self.users.get(event.user)
@@ -152,7 +165,7 @@ class DocumentState:
         del self.users[user_id]
         return Outcome.LEFT_LAST
 
-    def _relay(self, event: Relayed) -> Outcome:
+    def _relay(self, event: Relayed, decided: int | None) -> Outcome:
         if not event.conn:
             # From the server itself (the HTTP/Python API): stored kinds only, no membership.
             if event.kind not in STORED_KINDS:
@@ -160,7 +173,7 @@ class DocumentState:
         elif self.conns.get(event.conn) != event.user:
             return Outcome.IGNORED
         if event.kind in STORED_KINDS:
-            self.add_stored(event.frame)
+            self.add_stored(event.frame, decided)
         else:
             self.users[event.user].set_presence(event.kind, event.frame)
         return Outcome.RELAYED

@@ -444,13 +444,15 @@ class Service:
         if self.hub.released:
             self._detach_released()
 
-    def _on_event(self, doc_id: str, event: Event) -> None:
+    def _on_event(
+        self, doc_id: str, event: Event, own: bool = True, decided: int | None = None
+    ) -> None:
         """The backend's sink: a sequenced event to apply and fan out locally."""
         # The fan-out histogram samples one event in 8: timing each costs more than
         # a small fan-out itself, and the distribution is what it is for.
         sample = self._fanout_sample = (self._fanout_sample + 1) & 7
         started = 0.0 if sample else time.perf_counter()
-        for send in self.hub.apply(doc_id, event):
+        for send in self.hub.apply(doc_id, event, decided):
             self._deliver(send)
         if not sample:
             self.metrics.fanout_seconds.observe(time.perf_counter() - started)
