@@ -121,11 +121,31 @@ def test_random_bytes_never_raise_anything_but_protocol_error(data: bytes) -> No
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)  # far beyond any int64/float
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=12), children, max_size=4)
+        | st.dictionaries(st.text(min_size=500, max_size=3000), children, max_size=2)  # long keys
     ),
     max_leaves=12,
+)
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    """JSON text nested ``depth`` deep: arrays and objects alternating."""
+    opening = "".join("[" if n % 2 else '{"k":' for n in range(depth))
+    closing = "".join("]" if n % 2 else "}" for n in reversed(range(depth)))
+    return opening + leaf + closing
+
+
+deep_json = st.integers(min_value=1, max_value=5000).map(nested)
+huge_numbers = st.sampled_from(
+    ["1" + "0" * 400, "-1e999", "1e999", "1" + "0" * 20, "0." + "0" * 500]
 )
 
 
@@ -156,6 +176,40 @@ def test_spliced_bytes_never_raise_anything_but_protocol_error(
 @given(json_values)
 def test_arbitrary_json_never_raises_anything_but_protocol_error(value: Any) -> None:
     _check_only_protocol_error(json.dumps(value))
+
+
+@given(valid_frames, st.data())
+def test_deep_nesting_and_huge_numbers_anywhere_are_parse_errors_or_ignored(
+    frame: dict[str, Any], data: st.DataObject
+) -> None:
+    ((name, body),) = frame.items()
+    value = data.draw(deep_json | huge_numbers)
+    key = data.draw(st.sampled_from([*sorted(body), "unknown_field"]))
+    raw = json.dumps({name: {k: "@" if k == key else v for k, v in body.items()} | {key: "@"}})
+    _check_only_protocol_error(raw.replace('"@"', value))
+    _check_only_protocol_error(value)
+    _check_only_protocol_error(f'{{"{name}": {value}}}')
+
+
+@pytest.mark.parametrize("depth", [1000, 3000, 100_000])
+def test_deep_nesting_is_a_parse_error_never_a_recursion_error(depth: int) -> None:
+    valid = body().decode()
+    for text in (
+        "[" * depth + "]" * depth,  # not an object
+        '{"CursorUpdate": ' + "[" * depth + "]" * depth + "}",
+        valid[:-2] + ', "extra": ' + nested(depth) + "}}",  # in an unknown field
+        nested(depth),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            decoder.decode(text)
+        assert info.value.code == ErrorCode.PARSE_ERROR
+    assert decoder.decode(valid[:-2] + ', "extra": ' + nested(50) + "}}")  # shallow: ignored
+
+
+def test_a_frame_nested_3000_deep_names_the_problem() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decoder.decode('{"CursorUpdate": ' + nested(3000) + "}")
+    assert "nested too deeply" in info.value.message
 
 
 def body(**overrides: Any) -> bytes:
