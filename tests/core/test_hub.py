@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from cpc_signaling.core import Connection, Hub, Limits, Send
+from cpc_signaling.core import Connection, DocumentState, Hub, Limits, Send
+from cpc_signaling.core.state import stored_author
 from cpc_signaling.protocol import (
     Annotation,
     Comment,
@@ -466,3 +467,122 @@ def test_stored_bytes_follow_the_per_document_bound() -> None:
         w.send("a", comment(DOC, ALICE, f"c{i}"))
     state = w.hub.documents[DOC]
     assert state.stored_bytes == sum(map(len, state.stored)) == w.hub.stored_bytes
+
+
+def ledger_is_consistent(hub: Hub[str]) -> None:
+    """Per-author totals add up to what the documents hold."""
+    per_author: dict[str, int] = {}
+    for state in hub.documents.values():
+        assert state.stored_bytes == sum(map(len, state.stored)) == sum(state.held.values())
+        for author, n in state.held.items():
+            per_author[author] = per_author.get(author, 0) + n
+    assert per_author == hub.held
+    assert sum(per_author.values()) == hub.stored_bytes
+
+
+def test_stored_bytes_per_document_budget_drops_the_oldest() -> None:
+    size = len(encode(comment(DOC, ALICE, "c0" + "x" * 100)))
+    w = World(Limits(max_stored_bytes_per_document=3 * size + 10))
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    for i in range(6):
+        w.send("a", comment(DOC, ALICE, f"c{i}" + "x" * 100))
+    state = w.hub.documents[DOC]
+    assert [stored_author(f) for f in state.stored] == [ALICE] * 3
+    assert state.stored_bytes == 3 * size == w.hub.stored_bytes
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    assert [m.content[:2] for m in w.take("b") if isinstance(m, Comment)] == ["c3", "c4", "c5"]
+    ledger_is_consistent(w.hub)
+
+
+def test_a_message_larger_than_the_document_budget_is_relayed_not_stored() -> None:
+    w = World(Limits(max_stored_bytes_per_document=100))
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.send("a", comment(DOC, ALICE, "small"))
+    w.take("b")
+    big = comment(DOC, ALICE, "x" * 200)
+    w.send("a", big)
+    assert w.take("b") == [big]
+    state = w.hub.documents[DOC]
+    assert list(state.stored) == [] and state.stored_bytes == 0 == w.hub.stored_bytes
+
+
+def test_load_stored_applies_both_bounds_oldest_first() -> None:
+    frames = [encode(comment(DOC, ALICE if i % 2 else BOB, f"c{i}")) for i in range(10)]
+    state = DocumentState(DOC, max_stored=5, max_stored_bytes=3 * len(frames[0]))
+    state.load_stored(frames)
+    assert list(state.stored) == frames[7:]
+    assert state.held == {ALICE: 2 * len(frames[0]), BOB: len(frames[0])}
+    state = DocumentState(DOC, max_stored=4)
+    state.load_stored(frames)
+    assert list(state.stored) == frames[6:]
+
+
+def test_drop_oldest_by_removes_only_that_authors_oldest() -> None:
+    state = DocumentState(DOC)
+    frames = [encode(comment(DOC, user, text)) for user, text in
+              ((BOB, "b0"), (ALICE, "a0"), (BOB, "b1"), (ALICE, "a1"))]  # fmt: skip
+    state.load_stored(frames)
+    assert state.drop_oldest_by(ALICE) == len(frames[1])
+    assert list(state.stored) == [frames[0], frames[2], frames[3]]
+    assert state.drop_oldest_by(CAROL) == 0
+    assert state.held == {BOB: len(frames[0]) + len(frames[2]), ALICE: len(frames[3])}
+
+
+def test_full_store_refuses_whoever_is_over_a_fair_share_and_makes_room_for_the_others() -> None:
+    size = len(encode(comment(DOC, ALICE, "x" * 100)))
+    w = World(Limits(max_stored_bytes=10 * size))
+    for name, user, doc in (("m", ALICE, DOC), ("b", BOB, DOC2), ("c", CAROL, DOC2)):
+        w.connect(name)
+        w.send(name, join(doc, user))
+    for i in range(10):  # Alice (the flooder here) fills the store
+        w.send("m", comment(DOC, ALICE, f"{i:02d}" + "x" * 98))
+    with pytest.raises(ProtocolError) as info:  # alone, her share is the whole store
+        w.send("m", comment(DOC, ALICE, "x" * 100))
+    assert info.value.code == ErrorCode.CONNECTION_ERROR
+    assert "fair share" in info.value.message
+    # Bob holds nothing: within his share (half the store). Alice's oldest makes room.
+    w.send("b", comment(DOC2, BOB, "b" * 100))
+    assert w.hub.stored_bytes == 10 * size
+    assert w.hub.held == {ALICE: 9 * size, BOB: size}
+    assert _decoder.decode(w.hub.documents[DOC].stored[0]) == comment(DOC, ALICE, "01" + "x" * 98)
+    # Alice stays refused while over her share (10 / 2 users = 5 messages' worth) ...
+    with pytest.raises(ProtocolError):
+        w.send("m", comment(DOC, ALICE, "x" * 100))
+    # ... while Bob and Carol may post up to theirs, displacing Alice's oldest.
+    for _ in range(2):
+        w.send("b", comment(DOC2, BOB, "b" * 100))
+    for _ in range(3):
+        w.send("c", comment(DOC2, CAROL, "c" * 100))
+    assert w.hub.held == {ALICE: 4 * size, BOB: 3 * size, CAROL: 3 * size}
+    ledger_is_consistent(w.hub)
+    # Carol's share is now 10 / 3 users = 3.33 messages: her fourth is refused.
+    with pytest.raises(ProtocolError) as info:
+        w.send("c", comment(DOC2, CAROL, "c" * 100))
+    assert "fair share" in info.value.message
+    w.take("b")
+    w.connect("late")
+    w.send("late", join(DOC, CAROL))
+    kept = [m.content[:2] for m in w.take("late") if isinstance(m, Comment)]
+    assert kept == ["06", "07", "08", "09"]  # Alice's newest four: the oldest went first
+    ledger_is_consistent(w.hub)
+
+
+def test_the_ledger_follows_dropped_idle_documents() -> None:
+    size = len(encode(comment(DOC, ALICE, "x" * 100)))
+    w = World(Limits(max_stored_bytes=4 * size))
+    w.connect("a")
+    w.connect("b")
+    w.send("a", join(DOC, ALICE))
+    for _ in range(3):
+        w.send("a", comment(DOC, ALICE, "x" * 100))
+    w.close("a")  # DOC is idle now
+    w.send("b", join(DOC2, BOB))
+    w.send("b", comment(DOC2, BOB, "x" * 100))
+    w.send("b", comment(DOC2, BOB, "x" * 100))  # the idle document goes first
+    assert DOC not in w.hub.documents
+    assert w.hub.held == {BOB: 2 * size}
+    ledger_is_consistent(w.hub)

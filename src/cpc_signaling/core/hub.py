@@ -28,7 +28,7 @@ from ..protocol import (
     encode,
 )
 from .events import Event, Joined, Left, Relayed
-from .state import PRESENCE_KINDS, DocumentState, Outcome
+from .state import DEFAULT_MAX_STORED_BYTES, PRESENCE_KINDS, STORED_KINDS, DocumentState, Outcome
 
 P = TypeVar("P")
 
@@ -43,6 +43,7 @@ class Limits:
     max_documents_per_connection: int = 100
     max_members_per_document: int = 1000
     max_stored_per_document: int = 1000
+    max_stored_bytes_per_document: int = DEFAULT_MAX_STORED_BYTES
     max_documents: int = 100_000
     max_stored_bytes: int = 256 << 20
 
@@ -109,6 +110,10 @@ class Hub(Generic[P]):
         # Documents kept only for their stored messages, least recently active first.
         self._idle: OrderedDict[str, None] = OrderedDict()
         self.stored_bytes = 0  # annotations and comments held, over all documents
+        # Who holds those bytes (retain_idle only: the memory backend's process-wide
+        # budget): author -> bytes, and author -> document -> bytes.
+        self.held: dict[str, int] = {}
+        self._held_in: dict[str, dict[str, int]] = {}
         self._ids = itertools.count(1)
         # document -> local connections that joined or are joining it.
         self.local_refs: dict[str, int] = {}
@@ -180,14 +185,14 @@ class Hub(Generic[P]):
             return doc_id, Left(conn.id, conn.user_id)
         frame = encode(message)
         if self.retain_idle and (kind is Annotation or kind is Comment):
-            self._make_room(len(frame))
+            self._make_room(len(frame), conn.user_id)
         return doc_id, Relayed(conn.id, conn.user_id, kind.__name__, frame)
 
     def publish(self, message: Annotation | Comment) -> tuple[str, Relayed]:
         """An Annotation or Comment from the server itself (its API), not from a member."""
         frame = encode(message)
         if self.retain_idle:
-            self._make_room(len(frame))
+            self._make_room(len(frame), message.user_id)
         return message.document_id, Relayed("", message.user_id, type(message).__name__, frame)
 
     def _check_join(self, conn: Connection[P], doc_id: str) -> Joined:
@@ -211,7 +216,11 @@ class Hub(Generic[P]):
         """The replica of ``doc_id``, created empty if this hub has none."""
         state = self.documents.get(doc_id)
         if state is None:
-            state = DocumentState(doc_id, max_stored=self.limits.max_stored_per_document)
+            state = DocumentState(
+                doc_id,
+                max_stored=self.limits.max_stored_per_document,
+                max_stored_bytes=self.limits.max_stored_bytes_per_document,
+            )
             self.documents[doc_id] = state
         else:
             self._idle.pop(doc_id, None)
@@ -221,6 +230,8 @@ class Hub(Generic[P]):
         """Replace a replica with one loaded from a shared store (seq included)."""
         old = self.documents.get(state.document_id)
         self.stored_bytes += state.stored_bytes - (old.stored_bytes if old is not None else 0)
+        if self.retain_idle:
+            self._account(state.document_id, old.held if old is not None else {}, state.held)
         self.documents[state.document_id] = state
         self._idle.pop(state.document_id, None)
 
@@ -322,7 +333,12 @@ class Hub(Generic[P]):
         """Apply a sequenced event; return what local peers must be sent."""
         state = self.document(doc_id)
         stored_before = state.stored_bytes
-        outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+        if self.retain_idle and type(event) is Relayed and event.kind in STORED_KINDS:
+            held_before = dict(state.held)
+            outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+            self._account(doc_id, held_before, state.held)
+        else:
+            outcome = state.apply(event, max_members=self.limits.max_members_per_document)
         self.stored_bytes += state.stored_bytes - stored_before
         conn = self.connections.get(event.conn)
         if conn is not None and doc_id not in conn.joined and type(event) is not Left:
@@ -385,13 +401,71 @@ class Hub(Generic[P]):
         self._idle.pop(doc_id, None)
         if state is not None:
             self.stored_bytes -= state.stored_bytes
+            if self.retain_idle:
+                self._account(doc_id, state.held, {})
 
-    def _make_room(self, nbytes: int) -> None:
-        """Keep stored messages within ``max_stored_bytes`` (memory backend): drop the
-        least recently active idle documents, else refuse the new message."""
+    def _account(self, doc_id: str, before: dict[str, int], after: dict[str, int]) -> None:
+        """Move the per-author totals from a document's ``held`` before to after."""
+        for user in before.keys() | after.keys():
+            delta = after.get(user, 0) - before.get(user, 0)
+            if delta:
+                self._credit(user, doc_id, delta)
+
+    def _credit(self, user: str, doc_id: str, delta: int) -> None:
+        total = self.held.get(user, 0) + delta
+        docs = self._held_in.setdefault(user, {})
+        here = docs.get(doc_id, 0) + delta
+        if here:
+            docs[doc_id] = here
+        else:
+            docs.pop(doc_id, None)
+        if total:
+            self.held[user] = total
+        else:
+            del self.held[user]
+            del self._held_in[user]
+
+    def _make_room(self, nbytes: int, user: str) -> None:
+        """Keep stored messages within ``max_stored_bytes`` (memory backend), fairly.
+
+        When ``nbytes`` more of ``user``'s would not fit:
+
+        1. the least recently active idle documents (no members) are dropped first;
+        2. if it still does not fit, the fair share is the budget divided by the
+           number of users holding stored messages (``user`` counted in). A user
+           whose holding would exceed it is refused (CONNECTION_ERROR): whoever
+           floods is stopped, not everyone else;
+        3. a user within it gets the room: the oldest stored messages of whoever
+           holds the most (at least a fair share, since the store is full) go, one
+           at a time, from the document where that user holds the most.
+        """
         budget = self.limits.max_stored_bytes
+        if self.stored_bytes + nbytes <= budget:
+            return
         while self.stored_bytes + nbytes > budget and self._idle:
             self._drop(next(iter(self._idle)))
+        if self.stored_bytes + nbytes <= budget:
+            return
+        held = self.held
+        holders = len(held) + (user not in held)
+        share = budget // holders
+        if held.get(user, 0) + nbytes > share:
+            raise ProtocolError(
+                ErrorCode.CONNECTION_ERROR,
+                "the server's storage for annotations and comments is full, and this user "
+                f"holds more than a fair share of it ({share} bytes); try later",
+            )
+        while self.stored_bytes + nbytes > budget:
+            victim = max(((n, u) for u, n in held.items() if u != user), default=None)
+            if victim is None:
+                break
+            docs = self._held_in[victim[1]]
+            doc_id = max(docs, key=lambda d: (docs[d], d))
+            freed = self.documents[doc_id].drop_oldest_by(victim[1])
+            if not freed:
+                break  # (cannot happen: the ledger says it holds bytes there)
+            self.stored_bytes -= freed
+            self._credit(victim[1], doc_id, -freed)
         if self.stored_bytes + nbytes > budget:
             raise ProtocolError(
                 ErrorCode.CONNECTION_ERROR,

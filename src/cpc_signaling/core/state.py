@@ -11,8 +11,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+import msgspec
+
 from ..protocol import JoinDocument, LeaveDocument, encode
 from .events import Event, Joined, Left, Relayed
+
+DEFAULT_MAX_STORED_BYTES: Final = 4 << 20
 
 # Kinds a user has at most one of in force.
 PRESENCE_KINDS: Final = frozenset(
@@ -23,6 +27,22 @@ STORED_KINDS: Final = frozenset({"Annotation", "Comment"})
 _SUPERSEDED_BY: Final[dict[str, tuple[str, ...]]] = {
     "PresenceUpdate": ("CursorUpdate", "SelectionUpdate", "TypingIndicator"),
 }
+
+
+class _Authored(msgspec.Struct, gc=False):
+    user_id: str = ""
+
+
+_AUTHOR: Final = msgspec.json.Decoder(dict[str, _Authored])
+
+
+def stored_author(frame: bytes) -> str:
+    """The ``user_id`` of a stored Annotation or Comment frame ("" for a frame without one)."""
+    try:
+        (body,) = _AUTHOR.decode(frame).values()
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return ""
+    return body.user_id
 
 
 class Outcome(enum.Enum):
@@ -58,11 +78,35 @@ class UserPresence:
 
 
 class DocumentState:
-    """The replica of one document. ``seq`` is the last event applied."""
+    """The replica of one document. ``seq`` is the last event applied.
 
-    __slots__ = ("conns", "document_id", "seq", "stored", "stored_bytes", "users")
+    Stored messages (Annotation, Comment) are kept oldest first within two bounds,
+    both applied in ``add_stored`` (so on every replica, whatever the backend):
+    at most ``max_stored`` of them, and at most ``max_stored_bytes`` bytes of their
+    frames (the encoded bytes every joiner is sent). A new message goes in at the
+    end; then, while either bound is exceeded, the oldest goes. A single message
+    larger than ``max_stored_bytes`` therefore goes at once: relayed, never stored.
+    """
 
-    def __init__(self, document_id: str, *, max_stored: int = 1000, seq: int = 0) -> None:
+    __slots__ = (
+        "conns",
+        "document_id",
+        "held",
+        "max_stored_bytes",
+        "seq",
+        "stored",
+        "stored_bytes",
+        "users",
+    )
+
+    def __init__(
+        self,
+        document_id: str,
+        *,
+        max_stored: int = 1000,
+        max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES,
+        seq: int = 0,
+    ) -> None:
         self.document_id = document_id
         self.seq = seq
         # dict order is join order: oldest first, as snapshots need.
@@ -70,20 +114,57 @@ class DocumentState:
         self.conns: dict[str, str] = {}  # connection id -> user id
         # Annotations and comments, oldest first; the oldest go when full.
         self.stored: deque[bytes] = deque(maxlen=max_stored)
-        self.stored_bytes = 0  # of ``stored``: what a memory budget counts
+        self.max_stored_bytes = max_stored_bytes
+        self.stored_bytes = 0  # of ``stored``: what the byte budgets count
+        # author (the frame's user_id) -> bytes of ``stored`` they wrote: what a
+        # fair share of a process-wide budget is measured by (Hub, memory backend).
+        self.held: dict[str, int] = {}
 
     def add_stored(self, frame: bytes) -> None:
+        """Append a stored frame, then drop the oldest while a bound is exceeded."""
         stored = self.stored
         if len(stored) == stored.maxlen:
-            self.stored_bytes -= len(stored[0])  # the oldest goes
+            self._drop_oldest()
         stored.append(frame)
-        self.stored_bytes += len(frame)
+        self._count(frame, len(frame))
+        while self.stored_bytes > self.max_stored_bytes:
+            self._drop_oldest()
 
     def load_stored(self, frames: Iterable[bytes]) -> None:
-        """Set the stored messages (oldest first) as a shared store recorded them."""
+        """Set the stored messages (oldest first) as a shared store recorded them;
+        the bounds apply as if they had been added one by one."""
         self.stored.clear()
-        self.stored.extend(frames)
-        self.stored_bytes = sum(map(len, self.stored))
+        self.stored_bytes = 0
+        self.held = {}
+        for frame in frames:
+            self.add_stored(frame)
+
+    def drop_oldest_by(self, author: str) -> int:
+        """Drop the oldest stored message of ``author``; returns the bytes freed (0: none).
+
+        Not an event: only for a backend whose replica is the only copy (memory),
+        making room in a process-wide budget (``Hub``).
+        """
+        for index, frame in enumerate(self.stored):
+            if stored_author(frame) == author:
+                del self.stored[index]
+                self._count(frame, -len(frame), author)
+                return len(frame)
+        return 0
+
+    def _drop_oldest(self) -> None:
+        frame = self.stored.popleft()
+        self._count(frame, -len(frame))
+
+    def _count(self, frame: bytes, nbytes: int, author: str | None = None) -> None:
+        self.stored_bytes += nbytes
+        if author is None:
+            author = stored_author(frame)
+        held = self.held.get(author, 0) + nbytes
+        if held:
+            self.held[author] = held
+        else:
+            self.held.pop(author, None)
 
     @property
     def member_count(self) -> int:

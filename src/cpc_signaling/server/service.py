@@ -86,6 +86,7 @@ class Service:
             max_documents_per_connection=config.max_documents_per_connection,
             max_members_per_document=config.max_members_per_document,
             max_stored_per_document=config.max_stored_per_document,
+            max_stored_bytes_per_document=config.max_stored_bytes_per_document,
             max_documents=config.max_documents,
             max_stored_bytes=config.max_stored_bytes,
         )
