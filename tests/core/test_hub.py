@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
-from cpc_signaling.core import Connection, DocumentState, Hub, Limits, Send
+from cpc_signaling.core import Connection, DocumentState, Hub, Joined, Limits, Send
 from cpc_signaling.core.state import stored_author
 from cpc_signaling.protocol import (
     Annotation,
@@ -45,8 +47,10 @@ class World:
         self.inbox: dict[str, list[Message]] = {}
         self.conns: dict[str, Connection[str]] = {}
 
-    def connect(self, name: str, user: str | None = None) -> Connection[str]:
-        conn = self.hub.connect(name, user_id=user)
+    def connect(
+        self, name: str, user: str | None = None, info: bytes | None = None
+    ) -> Connection[str]:
+        conn = self.hub.connect(name, user_id=user, info=info)
         self.conns[name] = conn
         self.inbox[name] = []
         return conn
@@ -586,3 +590,93 @@ def test_the_ledger_follows_dropped_idle_documents() -> None:
     assert DOC not in w.hub.documents
     assert w.hub.held == {BOB: 2 * size}
     ledger_is_consistent(w.hub)
+
+
+# -- user info ---------------------------------------------------------------------------
+
+
+ADA = {"name": "Ada", "color": "#e91e63"}
+ADA_BYTES = b'{"color":"#e91e63","name":"Ada"}'  # canonical: compact, keys sorted
+
+
+def join_with(doc: str, user: str, info: dict[str, Any] | None) -> JoinDocument:
+    return JoinDocument(document_id=doc, user_id=user, info=info)
+
+
+def test_info_rides_on_every_join_frame_about_the_user_and_the_ack() -> None:
+    w = World()
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    w.take("b")
+    w.connect("a")
+    w.send("a", join_with(DOC, ALICE, ADA))
+    assert w.take("a") == [join(DOC, BOB), join_with(DOC, ALICE, ADA)]  # the ack has it
+    assert w.take("b") == [join_with(DOC, ALICE, ADA)]  # the announcement has it
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert w.take("c") == [join(DOC, BOB), join_with(DOC, ALICE, ADA), join(DOC, CAROL)]
+    state = w.hub.documents[DOC]
+    assert state.users[ALICE].info == ADA_BYTES
+    assert state.users[ALICE].join_frame == (
+        b'{"JoinDocument":{"document_id":"%s","user_id":"%s","info":%s}}'
+        % (DOC.encode(), ALICE.encode(), ADA_BYTES)
+    )
+    # A user without info: the seed's frame, byte for byte (no "info" key at all).
+    assert state.users[BOB].join_frame == (
+        b'{"JoinDocument":{"document_id":"%s","user_id":"%s"}}' % (DOC.encode(), BOB.encode())
+    )
+
+
+def test_info_is_fixed_by_the_join_that_made_the_user_present() -> None:
+    w = World()
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    w.connect("a1")
+    w.send("a1", join_with(DOC, ALICE, ADA))
+    w.connect("a2")
+    w.send("a2", join_with(DOC, ALICE, {"name": "Someone else"}))  # a second tab: ignored
+    assert w.take("a2")[-1] == join_with(DOC, ALICE, ADA)  # its ack says what others see
+    w.send("a1", join_with(DOC, ALICE, {"name": "Again"}))  # a repeated join: ignored too
+    assert w.take("a1")[-1] == join_with(DOC, ALICE, ADA)
+    w.close("a1")
+    w.close("a2")
+    w.take("b")
+    w.connect("a3")  # Alice left entirely: her next first join sets it anew
+    w.send("a3", join_with(DOC, ALICE, {"name": "Ada L."}))
+    assert w.take("b") == [join_with(DOC, ALICE, {"name": "Ada L."})]
+
+
+def test_a_token_info_wins_even_when_it_has_none() -> None:
+    w = World()
+    with_info = w.connect("a", ALICE, info=ADA_BYTES)
+    w.connect("b", BOB, info=b"")
+    doc, event = w.hub.receive(with_info, join_with(DOC, ALICE, {"name": "Mallory"}))
+    assert event == Joined(with_info.id, ALICE, ADA_BYTES)
+    w._deliver(w.hub.apply(doc, event))
+    assert w.take("a") == [join_with(DOC, ALICE, ADA)]
+    w.send("b", join_with(DOC, BOB, {"name": "Mallory"}))
+    assert w.take("b") == [join_with(DOC, ALICE, ADA), join(DOC, BOB)]
+    assert w.take("a") == [join(DOC, BOB)]
+
+
+def test_bad_info_from_python_is_a_parse_error_and_binds_nothing() -> None:
+    w = World()
+    conn = w.connect("a")
+    for bad in ({"x": "y" * 2000}, {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {
+            "j": {"k": {"l": {"m": {"n": {"o": {"p": {"q": 1}}}}}}}}}}}}}}}}}):  # fmt: skip
+        with pytest.raises(ProtocolError) as info:
+            w.send("a", join_with(DOC, ALICE, bad))
+        assert info.value.code == ErrorCode.PARSE_ERROR
+        assert "JoinDocument.info" in info.value.message
+    assert conn.user_id is None and not conn.joined
+    w.send("a", join(DOC, BOB))  # still free to join as anyone (open mode)
+    assert conn.user_id == BOB
+
+
+def test_restored_users_keep_their_info() -> None:
+    state = DocumentState(DOC)
+    state.restore_user(ALICE, ["i/1"], info=ADA_BYTES)
+    state.restore_user(BOB, ["i/2"])
+    frames = list(state.snapshot(CAROL))
+    assert [_decoder.decode(f) for f in frames] == [join_with(DOC, ALICE, ADA), join(DOC, BOB)]
+    assert frames[0].endswith(b',"info":' + ADA_BYTES + b"}}")

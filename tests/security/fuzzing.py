@@ -49,9 +49,16 @@ _FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
 }
 
 
+_INFO = st.dictionaries(
+    st.text(max_size=8), st.text(max_size=20) | st.integers() | st.booleans(), max_size=4
+)
+_OPTIONAL: dict[str, dict[str, st.SearchStrategy[Any]]] = {"JoinDocument": {"info": _INFO}}
+
+
 def _message(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     fields = {"document_id": uuids, "user_id": uuids, **_FIELDS[kind]}
-    return st.fixed_dictionaries({kind: st.fixed_dictionaries(fields)})
+    body = st.fixed_dictionaries(fields, optional=_OPTIONAL.get(kind, {}))
+    return st.fixed_dictionaries({kind: body})
 
 
 valid_messages = st.one_of([_message(kind) for kind in _FIELDS])

@@ -135,7 +135,9 @@ class MemoryPresenceStore:
             seq=source.seq,
         )
         for user in source.users.values():
-            copy.restore_user(user.user_id, sorted(user.conns), user.presence.items())
+            copy.restore_user(
+                user.user_id, sorted(user.conns), user.presence.items(), info=user.info
+            )
         copy.load_stored(source.stored)
         return copy
 

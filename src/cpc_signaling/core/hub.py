@@ -26,6 +26,7 @@ from ..protocol import (
     LeaveDocument,
     ProtocolError,
     encode,
+    encode_info,
 )
 from .events import Event, Joined, Left, Relayed
 from .state import DEFAULT_MAX_STORED_BYTES, PRESENCE_KINDS, STORED_KINDS, DocumentState, Outcome
@@ -65,9 +66,13 @@ class Send(Generic[P]):
 
 
 class Connection(Generic[P]):
-    """A local connection as the hub sees it."""
+    """A local connection as the hub sees it.
 
-    __slots__ = ("allowed_documents", "id", "joined", "peer", "user_id")
+    ``info``: the user info its joins carry, canonical JSON (empty: none) when a
+    token decided it; None in open mode, where each JoinDocument's own ``info`` counts.
+    """
+
+    __slots__ = ("allowed_documents", "id", "info", "joined", "peer", "user_id")
 
     def __init__(
         self,
@@ -75,11 +80,13 @@ class Connection(Generic[P]):
         peer: P,
         user_id: str | None,
         allowed_documents: frozenset[str] | None,
+        info: bytes | None = None,
     ) -> None:
         self.id = conn_id
         self.peer = peer
         self.user_id = user_id
         self.allowed_documents = allowed_documents
+        self.info = info
         # Documents joined or being joined (the join may still be in the backend).
         self.joined: set[str] = set()
 
@@ -129,9 +136,17 @@ class Hub(Generic[P]):
         *,
         user_id: str | None = None,
         allowed_documents: frozenset[str] | None = None,
+        info: bytes | None = None,
     ) -> Connection[P]:
-        """Register a new local connection; ``user_id`` is set when a token bound it."""
-        conn = Connection(f"{self.instance_id}/{next(self._ids)}", peer, user_id, allowed_documents)
+        """Register a new local connection; ``user_id`` is set when a token bound it.
+
+        ``info``: the user info a token gave (canonical JSON, ``protocol.encode_info``;
+        empty when the token has none); the client's own is then ignored. None (no
+        token): each JoinDocument's ``info`` is the one its join carries.
+        """
+        conn = Connection(
+            f"{self.instance_id}/{next(self._ids)}", peer, user_id, allowed_documents, info
+        )
         self.connections[conn.id] = conn
         return conn
 
@@ -169,7 +184,6 @@ class Hub(Generic[P]):
         if conn.user_id is None:
             if type(message) is not JoinDocument:
                 raise ProtocolError(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
-            conn.user_id = message.user_id  # open mode: the first join binds the user
         elif message.user_id != conn.user_id:
             raise ProtocolError(
                 ErrorCode.AUTH_ERROR,
@@ -177,7 +191,11 @@ class Hub(Generic[P]):
             )
         kind = type(message)
         if kind is JoinDocument:
-            return doc_id, self._check_join(conn, doc_id)
+            assert isinstance(message, JoinDocument)
+            joined = self._check_join(conn, doc_id, message)
+            conn.user_id = message.user_id  # open mode: the first join binds the user
+            return doc_id, joined
+        assert conn.user_id is not None
         if doc_id not in conn.joined:
             raise ProtocolError(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
         if kind is LeaveDocument:
@@ -195,8 +213,15 @@ class Hub(Generic[P]):
             self._make_room(len(frame), message.user_id)
         return message.document_id, Relayed("", message.user_id, type(message).__name__, frame)
 
-    def _check_join(self, conn: Connection[P], doc_id: str) -> Joined:
-        assert conn.user_id is not None
+    def _check_join(self, conn: Connection[P], doc_id: str, message: JoinDocument) -> Joined:
+        """The Joined a JoinDocument makes (``message.user_id`` is the connection's user,
+        or will be: nothing is bound or claimed when this raises)."""
+        info = conn.info
+        if info is None:
+            try:
+                info = encode_info(message.info)
+            except ValueError as exc:
+                raise ProtocolError(ErrorCode.PARSE_ERROR, f"JoinDocument.info: {exc}") from None
         allowed = conn.allowed_documents
         if allowed is not None and doc_id not in allowed:
             raise ProtocolError(ErrorCode.AUTH_ERROR, f"this token may not join document {doc_id}")
@@ -208,7 +233,7 @@ class Hub(Generic[P]):
                     f"{self.limits.max_documents_per_connection} documents",
                 )
             self._claim(conn, doc_id)
-        return Joined(conn.id, conn.user_id)
+        return Joined(conn.id, message.user_id, info)
 
     # -- sequenced events ----------------------------------------------------
 

@@ -58,14 +58,28 @@ class Outcome(enum.Enum):
     IGNORED = "not a member: nothing to do"
 
 
+def join_frame(document_id: str, user_id: str, info: bytes = b"") -> bytes:
+    """The ``JoinDocument`` frame about a user: with ``"info"`` last, only when there is
+    info (``info`` is already canonical JSON, spliced in as it is)."""
+    frame = encode(JoinDocument(document_id=document_id, user_id=user_id))
+    if not info:
+        return frame
+    return frame[:-2] + b',"info":' + info + b"}}"
+
+
 class UserPresence:
-    """A present user: its connections here and its presence messages in force."""
+    """A present user: its connections here and its presence messages in force.
 
-    __slots__ = ("conns", "join_frame", "presence", "user_id")
+    ``info`` (canonical JSON, or empty) is fixed by the join that made the user
+    present; ``join_frame`` is the ``JoinDocument`` others are sent about the user.
+    """
 
-    def __init__(self, user_id: str, join_frame: bytes) -> None:
+    __slots__ = ("conns", "info", "join_frame", "presence", "user_id")
+
+    def __init__(self, user_id: str, join_frame: bytes, info: bytes = b"") -> None:
         self.user_id = user_id
         self.join_frame = join_frame
+        self.info = info
         self.conns: set[str] = set()
         # kind -> frame; dict order is the order the messages in force were received.
         self.presence: dict[str, bytes] = {}
@@ -175,10 +189,11 @@ class DocumentState:
         return not self.conns and not self.stored
 
     def join_frame(self, user_id: str) -> bytes:
+        """The JoinDocument about ``user_id``: with the user's info in force, if present."""
         user = self.users.get(user_id)
         if user is not None:
             return user.join_frame
-        return encode(JoinDocument(document_id=self.document_id, user_id=user_id))
+        return join_frame(self.document_id, user_id)
 
     def leave_frame(self, user_id: str) -> bytes:
         return encode(LeaveDocument(document_id=self.document_id, user_id=user_id))
@@ -214,10 +229,8 @@ class DocumentState:
         user = self.users.get(event.user)
         first = user is None
         if user is None:
-            user = UserPresence(
-                event.user,
-                encode(JoinDocument(document_id=self.document_id, user_id=event.user)),
-            )
+            info = event.info
+            user = UserPresence(event.user, join_frame(self.document_id, event.user, info), info)
             self.users[event.user] = user
         user.conns.add(event.conn)
         return Outcome.JOINED_FIRST if first else Outcome.JOINED_AGAIN
@@ -249,12 +262,18 @@ class DocumentState:
     # -- for backends that rebuild a replica from shared state ---------------
 
     def restore_user(
-        self, user_id: str, conns: Iterable[str], presence: Iterable[tuple[str, bytes]]
+        self,
+        user_id: str,
+        conns: Iterable[str],
+        presence: Iterable[tuple[str, bytes]] = (),
+        *,
+        info: bytes = b"",
     ) -> None:
-        """Add a present user as a shared store recorded it (join order = call order)."""
-        user = UserPresence(
-            user_id, encode(JoinDocument(document_id=self.document_id, user_id=user_id))
-        )
+        """Add a present user as a shared store recorded it (join order = call order).
+
+        ``info``: the user's info in force (canonical JSON, or empty).
+        """
+        user = UserPresence(user_id, join_frame(self.document_id, user_id, info), info)
         for conn in conns:
             user.conns.add(conn)
             self.conns[conn] = user_id

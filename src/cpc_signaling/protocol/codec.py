@@ -16,6 +16,7 @@ from typing import Final
 
 import msgspec
 
+from .info import encode_info
 from .messages import (
     MESSAGE_TYPES,
     TIMESTAMP_PATTERN,
@@ -25,6 +26,7 @@ from .messages import (
     DocumentMessage,
     Error,
     ErrorCode,
+    JoinDocument,
     Message,
 )
 
@@ -152,6 +154,13 @@ class Decoder:
                 f"{type(message).__name__}.content: longer than "
                 f"{self._max_content_chars} characters"
             )
+        if type(message) is JoinDocument and message.info is not None:
+            try:
+                has_info = bool(encode_info(message.info))
+            except ValueError as exc:
+                raise _parse_error(f"JoinDocument.info: {exc}") from None
+            if not has_info:  # {}: no info
+                message = msgspec.structs.replace(message, info=None)
         doc, user = message.document_id, message.user_id
         if not (doc.islower() and user.islower()):
             # Canonical form: lowercase. (A UUID of digits only is not "islower".)
