@@ -1,4 +1,5 @@
-"""The core without an event loop: every rule of CONTRACT §4, as state transitions."""
+"""The core without an event loop: every rule of joining, presence and leaving, as state
+transitions."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from cpc_signaling.core import Connection, DocumentState, Hub, Joined, Limits, Send
-from cpc_signaling.core.state import stored_author
+from cpc_signaling.core import (
+    Connection,
+    DocumentState,
+    Hub,
+    Joined,
+    Left,
+    Limits,
+    Outcome,
+    Send,
+)
+from cpc_signaling.core.state import presence_changes, replay, stored_author
 from cpc_signaling.protocol import (
     Annotation,
     Comment,
@@ -680,3 +690,202 @@ def test_restored_users_keep_their_info() -> None:
     frames = list(state.snapshot(CAROL))
     assert [_decoder.decode(f) for f in frames] == [join_with(DOC, ALICE, ADA), join(DOC, BOB)]
     assert frames[0].endswith(b',"info":' + ADA_BYTES + b"}}")
+
+
+# -- presence per connection -------------------------------------------------------------
+
+
+def two_tabs_and_bob() -> World:
+    w = World()
+    for name, user in (("a1", ALICE), ("a2", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    for name in ("a1", "a2", "b"):
+        w.take(name)
+    return w
+
+
+def test_a_closed_tabs_presence_goes_and_the_others_get_what_is_in_force() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a1", selection(DOC, ALICE, 1))
+    w.send("a2", cursor(DOC, ALICE, 2))  # the tab that moved last
+    w.take("b")
+    w.take("a1")
+    w.close("a2")
+    assert w.take("b") == [cursor(DOC, ALICE, 1)]  # the selection did not change: not sent
+    assert w.take("a1") == []  # nobody is told about their own user
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert w.take("c") == [
+        join(DOC, ALICE),
+        cursor(DOC, ALICE, 1),
+        selection(DOC, ALICE, 1),
+        join(DOC, BOB),
+        join(DOC, CAROL),
+    ]
+
+
+def test_an_explicit_leave_of_one_tab_is_the_same() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", status(DOC, ALICE, "online"))
+    w.send("a2", status(DOC, ALICE, "away"))
+    w.take("b")
+    w.take("a2")
+    w.send("a2", leave(DOC, ALICE))
+    assert w.take("a2") == [leave(DOC, ALICE)]
+    assert w.take("b") == [status(DOC, ALICE, "online")]
+
+
+def test_a_presence_update_in_force_again_is_sent_with_what_follows_it() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", presence(DOC, ALICE, 5))
+    w.send("a2", typing(DOC, ALICE, True))
+    w.send("a1", cursor(DOC, ALICE, 6))
+    w.take("b")
+    w.close("a2")
+    # The typing flag in force is the PresenceUpdate's again; re-sending it resets the
+    # cursor too, so the later cursor (unchanged itself) follows.
+    assert w.take("b") == [presence(DOC, ALICE, 5), cursor(DOC, ALICE, 6)]
+
+
+def test_nothing_is_sent_when_the_leaving_tab_changed_nothing_in_force() -> None:
+    w = two_tabs_and_bob()
+    w.send("a2", cursor(DOC, ALICE, 1))
+    w.send("a1", cursor(DOC, ALICE, 2))  # a1 overrides what a2 set
+    w.take("b")
+    w.close("a2")
+    assert w.take("b") == []
+    w.connect("a3")
+    w.send("a3", join(DOC, ALICE))
+    w.close("a3")  # a tab that never set presence
+    assert w.take("b") == []
+
+
+def test_a_kind_nobody_remaining_set_is_not_synthesized() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a2", status(DOC, ALICE, "busy"))
+    w.take("b")
+    w.close("a2")
+    assert w.take("b") == []  # Bob keeps "busy" as he last saw it (documented)
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert status(DOC, ALICE, "busy") not in w.take("c")  # a late joiner never sees it
+
+
+def test_the_last_connection_leaving_announces_the_leave_only() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a2", cursor(DOC, ALICE, 2))
+    w.take("b")
+    w.close("a2")
+    w.take("b")
+    w.close("a1")
+    assert w.take("b") == [leave(DOC, ALICE)]
+
+
+def framed(kind: str, n: int) -> bytes:
+    return f"{kind}:{n}".encode()
+
+
+def test_presence_changes_per_field() -> None:
+    pu, cur, sel, typ, st_ = (framed(k, 0) for k in ("PU", "C", "S", "T", "St"))
+    cur2 = framed("C", 2)
+
+    def in_force(*pairs: tuple[str, bytes]) -> dict[str, bytes]:
+        return dict(pairs)
+
+    # Same in force: nothing.
+    same = in_force(("CursorUpdate", cur), ("PresenceStatus", st_))
+    assert presence_changes(same, dict(same)) == []
+    # A field's setter changed: that frame.
+    assert presence_changes(in_force(("CursorUpdate", cur2)), in_force(("CursorUpdate", cur))) == [
+        cur
+    ]
+    # Identical bytes from another connection: nothing to tell.
+    assert presence_changes(in_force(("CursorUpdate", cur)), in_force(("CursorUpdate", cur))) == []
+    # The PresenceUpdate sets the cursor again (the later cursor that had overridden it is
+    # gone): it is sent, and the later frames it would reset follow it.
+    before = in_force(("PresenceUpdate", pu), ("CursorUpdate", cur2), ("TypingIndicator", typ))
+    after = in_force(("PresenceUpdate", pu), ("TypingIndicator", typ))
+    assert presence_changes(before, after) == [pu, typ]
+    # Status is independent of the rest.
+    before = in_force(("SelectionUpdate", sel), ("PresenceStatus", framed("St", 1)))
+    after = in_force(("SelectionUpdate", sel), ("PresenceStatus", st_))
+    assert presence_changes(before, after) == [st_]
+    # A field nobody sets any more: nothing synthesized.
+    assert presence_changes(in_force(("PresenceStatus", st_)), {}) == []
+
+
+def test_replay_is_latest_per_kind_in_seq_order_and_presence_update_supersedes() -> None:
+    assert replay(
+        [(3, "CursorUpdate", b"c3"), (1, "PresenceStatus", b"s1"), (2, "CursorUpdate", b"c2")]
+    ) == {
+        "PresenceStatus": b"s1",
+        "CursorUpdate": b"c3",
+    }
+    assert list(
+        replay(
+            [(1, "CursorUpdate", b"c"), (2, "PresenceUpdate", b"p"), (3, "TypingIndicator", b"t")]
+        ).items()
+    ) == [
+        ("PresenceUpdate", b"p"),
+        ("TypingIndicator", b"t"),
+    ]
+
+
+def test_per_connection_presence_round_trips_through_restore_in_any_order() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a2", presence(DOC, ALICE, 2))
+    w.send("a1", typing(DOC, ALICE))
+    w.send("a2", cursor(DOC, ALICE, 3))
+    w.send("b", status(DOC, BOB, "away"))
+    source = w.hub.documents[DOC]
+    recorded = list(source.connection_presence())
+    assert sorted((c.split("/")[1], seq, kind) for c, seq, kind, _ in recorded) == [
+        ("1", 4, "CursorUpdate"),  # seqs 1 to 3: the joins
+        ("1", 6, "TypingIndicator"),
+        ("2", 5, "PresenceUpdate"),
+        ("2", 7, "CursorUpdate"),
+        ("3", 8, "PresenceStatus"),
+    ]
+    copy = DocumentState(DOC, seq=source.seq)
+    for user in source.users.values():
+        copy.restore_user(user.user_id, sorted(user.conns), info=user.info)
+    for item in reversed(recorded):  # any order
+        copy.restore_presence(*item)
+    copy.restore_presence("i/99", 12, "CursorUpdate", b"not a member")  # ignored
+    for user_id, user in source.users.items():
+        assert copy.users[user_id].conns == user.conns
+        assert list(copy.users[user_id].presence.items()) == list(user.presence.items())
+    # Then both apply the same leave and agree on what the others are told.
+    a2 = w.conns["a2"].id
+    assert source.apply(Left(a2, ALICE), max_members=10) is Outcome.LEFT_OTHERS_REMAIN
+    assert copy.apply(Left(a2, ALICE), max_members=10) is Outcome.LEFT_OTHERS_REMAIN
+    # (Typing is a1's already in force; the selection only a2 set stays as last seen.)
+    assert source.reinstated == copy.reinstated == [encode(cursor(DOC, ALICE, 1))]
+
+
+def test_restore_presence_drops_what_a_later_message_superseded() -> None:
+    state = DocumentState(DOC)
+    state.restore_user(ALICE, ["i/1"])
+    state.restore_presence("i/1", 5, "PresenceUpdate", b"p5")
+    state.restore_presence("i/1", 3, "CursorUpdate", b"c3")  # older than the update: gone
+    state.restore_presence("i/1", 4, "PresenceUpdate", b"p4")  # older than p5: gone
+    state.restore_presence("i/1", 6, "SelectionUpdate", b"s6")
+    assert list(state.users[ALICE].presence.items()) == [
+        ("PresenceUpdate", b"p5"),
+        ("SelectionUpdate", b"s6"),
+    ]
+
+
+def test_restore_user_with_per_user_presence_keeps_its_order() -> None:
+    state = DocumentState(DOC)
+    state.restore_user(ALICE, ["i/2", "i/1"], [("PresenceStatus", b"s"), ("CursorUpdate", b"c")])
+    assert list(state.users[ALICE].presence.items()) == [
+        ("PresenceStatus", b"s"),
+        ("CursorUpdate", b"c"),
+    ]
+    assert state.users[ALICE].conns["i/2"]  # attributed to the first connection given

@@ -135,9 +135,9 @@ class MemoryPresenceStore:
             seq=source.seq,
         )
         for user in source.users.values():
-            copy.restore_user(
-                user.user_id, sorted(user.conns), user.presence.items(), info=user.info
-            )
+            copy.restore_user(user.user_id, sorted(user.conns), info=user.info)
+        for conn, seq, kind, frame in source.connection_presence():
+            copy.restore_presence(conn, seq, kind, frame)
         copy.load_stored(source.stored)
         return copy
 

@@ -29,7 +29,14 @@ from ..protocol import (
     encode_info,
 )
 from .events import Event, Joined, Left, Relayed
-from .state import DEFAULT_MAX_STORED_BYTES, PRESENCE_KINDS, STORED_KINDS, DocumentState, Outcome
+from .state import (
+    DEFAULT_MAX_STORED_BYTES,
+    PRESENCE_KINDS,
+    STORED_KINDS,
+    DocumentState,
+    Outcome,
+    presence_changes,
+)
 
 P = TypeVar("P")
 
@@ -272,11 +279,7 @@ class Hub(Generic[P]):
         sends: list[Send[P]] = []
 
         def others(user_id: str) -> list[P]:
-            return [
-                peer
-                for conn_id, peer in members.items()
-                if (c := self.connections.get(conn_id)) is not None and c.user_id != user_id
-            ]
+            return self._others_than(members, user_id)
 
         for user_id in old_users:
             if user_id not in state.users and (peers := others(user_id)):
@@ -287,8 +290,7 @@ class Hub(Generic[P]):
                 frames = [user.join_frame, *user.presence.values()]
                 kind = "JoinDocument"
             else:
-                known = set(before.presence.values())
-                frames = [f for f in user.presence.values() if f not in known]
+                frames = presence_changes(before.presence, user.presence)
                 kind = "presence"
             if frames and (peers := others(user_id)):
                 sends.append(Send(peers, frames, kind))
@@ -397,6 +399,12 @@ class Hub(Generic[P]):
                 sends.append(Send((conn.peer,), (leave,), "LeaveDocument"))  # the ack
             if outcome is Outcome.LEFT_LAST and members:
                 sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
+            elif state.reinstated and members:
+                # The user stays, and what the leaving connection set went with it: the
+                # others are sent the user's presence now in force that differs.
+                peers = self._others_than(members, event.user)
+                if peers:
+                    sends.append(Send(peers, state.reinstated, "presence"))
         elif outcome is Outcome.IGNORED and type(event) is Left and conn is not None:
             # A leave sent while its join was in flight, and the join was then refused:
             # still acknowledged, as every LeaveDocument the hub accepted is.
@@ -407,6 +415,15 @@ class Hub(Generic[P]):
         if not state.conns:
             self._forget_if_idle(state)
         return sends
+
+    def _others_than(self, members: dict[str, P], user_id: str) -> list[P]:
+        """The peers of local members whose user is not ``user_id`` (nobody is told
+        about their own user's presence, as in snapshots)."""
+        return [
+            peer
+            for conn_id, peer in members.items()
+            if (c := self.connections.get(conn_id)) is not None and c.user_id != user_id
+        ]
 
     def _forget_if_idle(self, state: DocumentState) -> None:
         doc_id = state.document_id

@@ -2,6 +2,17 @@
 
 Pure and deterministic: the same events applied in the same order give the same
 state and the same outcomes on every instance. No clocks, no I/O.
+
+Presence belongs to the connection that sent it. Each member connection keeps,
+per kind, its latest presence message with the ``seq`` of the event that set it
+(a PresenceUpdate drops that connection's earlier cursor, selection and typing).
+A user's presence *in force* is the replay, in ``seq`` order, of the messages
+kept by all of the user's remaining connections: per kind the latest, and a
+PresenceUpdate supersedes earlier cursor, selection and typing messages of the
+user. While a user's connections stay, that is exactly the per-user rule (latest
+per kind, in the order received). When a connection leaves and the user stays,
+what it set goes with it; :func:`presence_changes` says what the other members
+must be sent so their view matches the new presence in force.
 """
 
 from __future__ import annotations
@@ -23,9 +34,18 @@ PRESENCE_KINDS: Final = frozenset(
     {"PresenceUpdate", "CursorUpdate", "SelectionUpdate", "TypingIndicator", "PresenceStatus"}
 )
 STORED_KINDS: Final = frozenset({"Annotation", "Comment"})
+_SUPERSEDED: Final = frozenset({"CursorUpdate", "SelectionUpdate", "TypingIndicator"})
 # A PresenceUpdate carries cursor, selection and typing: it supersedes those kinds.
 _SUPERSEDED_BY: Final[dict[str, tuple[str, ...]]] = {
     "PresenceUpdate": ("CursorUpdate", "SelectionUpdate", "TypingIndicator"),
+}
+# What each presence kind sets in a client's view of the user.
+_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "PresenceUpdate": ("cursor", "selection", "typing"),
+    "CursorUpdate": ("cursor",),
+    "SelectionUpdate": ("selection",),
+    "TypingIndicator": ("typing",),
+    "PresenceStatus": ("status",),
 }
 
 
@@ -67,28 +87,118 @@ def join_frame(document_id: str, user_id: str, info: bytes = b"") -> bytes:
     return frame[:-2] + b',"info":' + info + b"}}"
 
 
+def replay(messages: Iterable[tuple[int, str, bytes]]) -> dict[str, bytes]:
+    """Presence in force from (seq, kind, frame) messages: kind -> frame, in seq order.
+
+    Per kind the latest counts; a PresenceUpdate drops earlier cursor, selection and
+    typing messages. Equal seqs (a store that did not record them) keep their order.
+    """
+    in_force: dict[str, bytes] = {}
+    for _, kind, frame in sorted(messages, key=_seq):
+        for superseded in _SUPERSEDED_BY.get(kind, ()):
+            in_force.pop(superseded, None)
+        in_force.pop(kind, None)  # re-insert at the end: received last
+        in_force[kind] = frame
+    return in_force
+
+
+def _seq(message: tuple[int, str, bytes]) -> int:
+    return message[0]
+
+
+def presence_changes(before: dict[str, bytes], after: dict[str, bytes]) -> list[bytes]:
+    """The frames of ``after`` (presence in force, in order) to send to members whose
+    view is ``before``, so that every field ``after`` sets reads as ``after`` says.
+
+    A client's view of a user is four fields (cursor, selection, typing, status), each
+    set by the last message carrying it. A frame of ``after`` is sent when it sets a
+    field whose last setter differs from ``before``'s (compared by bytes); and since
+    replaying a frame also resets its other fields, every later frame of ``after``
+    that sets one of those is sent too. In ``after``'s order. A field nothing in
+    ``after`` sets keeps what the client last saw: nothing is synthesized.
+    """
+    old, new = _setters(before), _setters(after)
+    changed = {frame for field, frame in new.items() if old.get(field) != frame}
+    frames: list[bytes] = []
+    reset: set[str] = set()
+    for kind, frame in after.items():
+        fields = _FIELDS.get(kind, ())
+        if frame in changed or not reset.isdisjoint(fields):
+            frames.append(frame)
+            reset.update(fields)
+    return frames
+
+
+def _setters(in_force: dict[str, bytes]) -> dict[str, bytes]:
+    """field -> the frame that last set it."""
+    return {field: frame for kind, frame in in_force.items() for field in _FIELDS.get(kind, ())}
+
+
 class UserPresence:
-    """A present user: its connections here and its presence messages in force.
+    """A present user: its connections here and the presence messages each set.
+
+    ``conns``: connection id -> {kind: (seq, frame)}, that connection's latest
+    presence message of each kind (after its own PresenceUpdates superseded its
+    earlier cursor, selection and typing). ``presence``: the user's presence in
+    force (kind -> frame, in the order received), computed from ``conns``.
 
     ``info`` (canonical JSON, or empty) is fixed by the join that made the user
     present; ``join_frame`` is the ``JoinDocument`` others are sent about the user.
     """
 
-    __slots__ = ("conns", "info", "join_frame", "presence", "user_id")
+    __slots__ = ("_in_force", "conns", "info", "join_frame", "user_id")
 
     def __init__(self, user_id: str, join_frame: bytes, info: bytes = b"") -> None:
         self.user_id = user_id
         self.join_frame = join_frame
         self.info = info
-        self.conns: set[str] = set()
-        # kind -> frame; dict order is the order the messages in force were received.
-        self.presence: dict[str, bytes] = {}
+        self.conns: dict[str, dict[str, tuple[int, bytes]]] = {}
+        self._in_force: dict[str, bytes] | None = {}  # None: to compute again
 
-    def set_presence(self, kind: str, frame: bytes) -> None:
+    @property
+    def presence(self) -> dict[str, bytes]:
+        """The presence in force: kind -> frame, in the order the server received them."""
+        in_force = self._in_force
+        if in_force is None:
+            in_force = self._in_force = replay(
+                (seq, kind, frame)
+                for messages in self.conns.values()
+                for kind, (seq, frame) in messages.items()
+            )
+        return in_force
+
+    def set_presence(self, conn: str, seq: int, kind: str, frame: bytes) -> None:
+        """``conn`` (a connection of this user) set ``kind`` to ``frame`` at ``seq``.
+
+        Order-independent: a message older than what ``conn`` keeps for its kind,
+        or than ``conn``'s PresenceUpdate for a kind that supersedes, is dropped.
+        """
+        mine = self.conns[conn]
+        held = mine.get(kind)
+        if held is not None and held[0] > seq:
+            return
+        if kind in _SUPERSEDED:
+            update = mine.get("PresenceUpdate")
+            if update is not None and update[0] > seq:
+                return
         for superseded in _SUPERSEDED_BY.get(kind, ()):
-            self.presence.pop(superseded, None)
-        self.presence.pop(kind, None)  # re-insert at the end: received last
-        self.presence[kind] = frame
+            older = mine.get(superseded)
+            if older is not None and older[0] <= seq:
+                del mine[superseded]
+        mine.pop(kind, None)
+        mine[kind] = (seq, frame)
+        self._in_force = None
+
+    def add_conn(self, conn: str) -> None:
+        self.conns.setdefault(conn, {})
+
+    def remove_conn(self, conn: str) -> bool:
+        """Forget ``conn`` and what it set; True when the presence in force may change."""
+        mine = self.conns.pop(conn, None)
+        if mine:
+            self._in_force = None
+            return True
+        return False
 
 
 class DocumentState:
@@ -107,6 +217,7 @@ class DocumentState:
         "document_id",
         "held",
         "max_stored_bytes",
+        "reinstated",
         "seq",
         "stored",
         "stored_bytes",
@@ -133,6 +244,9 @@ class DocumentState:
         # author (the frame's user_id) -> bytes of ``stored`` they wrote: what a
         # fair share of a process-wide budget is measured by (Hub, memory backend).
         self.held: dict[str, int] = {}
+        # Right after a Left with outcome LEFT_OTHERS_REMAIN: the leaving user's
+        # presence frames the other members must be sent (``presence_changes``).
+        self.reinstated: list[bytes] = []
 
     def add_stored(self, frame: bytes) -> None:
         """Append a stored frame, then drop the oldest while a bound is exceeded."""
@@ -199,7 +313,8 @@ class DocumentState:
         return encode(LeaveDocument(document_id=self.document_id, user_id=user_id))
 
     def snapshot(self, for_user: str) -> Iterator[bytes]:
-        """CONTRACT §4 items 1 and 2: every other user with presence, then stored messages.
+        """Snapshot items 1 and 2 (docs/protocol.md): every other user with their presence
+        in force, then the stored messages.
 
         The caller appends the joiner's own acknowledgement (item 3).
         """
@@ -232,7 +347,7 @@ class DocumentState:
             info = event.info
             user = UserPresence(event.user, join_frame(self.document_id, event.user, info), info)
             self.users[event.user] = user
-        user.conns.add(event.conn)
+        user.add_conn(event.conn)
         return Outcome.JOINED_FIRST if first else Outcome.JOINED_AGAIN
 
     def _leave(self, event: Left) -> Outcome:
@@ -240,8 +355,11 @@ class DocumentState:
         if user_id is None:
             return Outcome.IGNORED
         user = self.users[user_id]
-        user.conns.discard(event.conn)
-        if user.conns:
+        self.reinstated = []
+        if len(user.conns) > 1:
+            before = user.presence
+            if user.remove_conn(event.conn):
+                self.reinstated = presence_changes(before, user.presence)
             return Outcome.LEFT_OTHERS_REMAIN
         del self.users[user_id]
         return Outcome.LEFT_LAST
@@ -256,7 +374,7 @@ class DocumentState:
         if event.kind in STORED_KINDS:
             self.add_stored(event.frame)
         else:
-            self.users[event.user].set_presence(event.kind, event.frame)
+            self.users[event.user].set_presence(event.conn, self.seq, event.kind, event.frame)
         return Outcome.RELAYED
 
     # -- for backends that rebuild a replica from shared state ---------------
@@ -271,12 +389,34 @@ class DocumentState:
     ) -> None:
         """Add a present user as a shared store recorded it (join order = call order).
 
-        ``info``: the user's info in force (canonical JSON, or empty).
+        ``info``: the user's info in force (canonical JSON, or empty). Presence per
+        connection, with seqs: :meth:`restore_presence`, after this call. ``presence``
+        is for a store that keeps it per user only: (kind, frame) pairs in the order
+        received, all attributed to the first of ``conns`` (seq 0).
         """
         user = UserPresence(user_id, join_frame(self.document_id, user_id, info), info)
+        first = None
         for conn in conns:
-            user.conns.add(conn)
+            user.add_conn(conn)
             self.conns[conn] = user_id
-        for kind, frame in presence:
-            user.set_presence(kind, frame)
+            first = first or conn
         self.users[user_id] = user
+        if first is not None:
+            for kind, frame in presence:
+                user.set_presence(first, 0, kind, frame)
+
+    def restore_presence(self, conn: str, seq: int, kind: str, frame: bytes) -> None:
+        """Record that member connection ``conn`` set ``kind`` to ``frame`` with the event
+        numbered ``seq`` (as a shared store recorded it; any order). Ignored for a
+        connection that is not a member."""
+        user_id = self.conns.get(conn)
+        if user_id is not None:
+            self.users[user_id].set_presence(conn, seq, kind, frame)
+
+    def connection_presence(self) -> Iterator[tuple[str, int, str, bytes]]:
+        """(connection, seq, kind, frame) of every presence message kept: what a store
+        records, and what :meth:`restore_presence` takes back."""
+        for user in self.users.values():
+            for conn, messages in user.conns.items():
+                for kind, (seq, frame) in messages.items():
+                    yield conn, seq, kind, frame

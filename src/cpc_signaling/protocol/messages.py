@@ -152,7 +152,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
 
 
 class ErrorCode:
-    """The error codes of CONTRACT §6."""
+    """The protocol's error codes (docs/protocol.md, errors)."""
 
     PARSE_ERROR: Final = "PARSE_ERROR"
     AUTH_ERROR: Final = "AUTH_ERROR"
