@@ -360,7 +360,7 @@ class Hub(Generic[P]):
         """Apply a sequenced event; return what local peers must be sent."""
         state = self.document(doc_id)
         stored_before = state.stored_bytes
-        if self.retain_idle and type(event) is Relayed and event.kind in STORED_KINDS:
+        if type(event) is Relayed and event.kind in STORED_KINDS and self.retain_idle:
             held_before = dict(state.held)
             outcome = state.apply(event, max_members=self.limits.max_members_per_document)
             self._account(doc_id, held_before, state.held)

@@ -168,11 +168,21 @@ class UserPresence:
         return in_force
 
     def set_presence(self, conn: str, seq: int, kind: str, frame: bytes) -> None:
-        """``conn`` (a connection of this user) set ``kind`` to ``frame`` at ``seq``.
+        """``conn`` (a connection of this user) set ``kind`` to ``frame`` at ``seq``, a seq
+        above any it set before (events are applied in order): the hot path."""
+        mine = self.conns[conn]
+        superseded = _SUPERSEDED_BY.get(kind)
+        if superseded is not None:
+            for older in superseded:
+                mine.pop(older, None)
+        mine.pop(kind, None)  # re-insert at the end: set last
+        mine[kind] = (seq, frame)
+        self._in_force = None
 
-        Order-independent: a message older than what ``conn`` keeps for its kind,
-        or than ``conn``'s PresenceUpdate for a kind that supersedes, is dropped.
-        """
+    def restore_presence(self, conn: str, seq: int, kind: str, frame: bytes) -> None:
+        """As :meth:`set_presence`, in any order: a message older than what ``conn``
+        keeps for its kind, or than ``conn``'s PresenceUpdate for a kind that one
+        supersedes, is dropped."""
         mine = self.conns[conn]
         held = mine.get(kind)
         if held is not None and held[0] > seq:
@@ -403,7 +413,7 @@ class DocumentState:
         self.users[user_id] = user
         if first is not None:
             for kind, frame in presence:
-                user.set_presence(first, 0, kind, frame)
+                user.restore_presence(first, 0, kind, frame)
 
     def restore_presence(self, conn: str, seq: int, kind: str, frame: bytes) -> None:
         """Record that member connection ``conn`` set ``kind`` to ``frame`` with the event
@@ -411,7 +421,7 @@ class DocumentState:
         connection that is not a member."""
         user_id = self.conns.get(conn)
         if user_id is not None:
-            self.users[user_id].set_presence(conn, seq, kind, frame)
+            self.users[user_id].restore_presence(conn, seq, kind, frame)
 
     def connection_presence(self) -> Iterator[tuple[str, int, str, bytes]]:
         """(connection, seq, kind, frame) of every presence message kept: what a store
