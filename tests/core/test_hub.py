@@ -889,3 +889,14 @@ def test_restore_user_with_per_user_presence_keeps_its_order() -> None:
         ("CursorUpdate", b"c"),
     ]
     assert state.users[ALICE].conns["i/2"]  # attributed to the first connection given
+
+
+def test_a_document_that_keeps_no_stored_messages_still_relays_them() -> None:
+    w = World(Limits(max_stored_per_document=0))
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.take("b")
+    w.send("a", comment(DOC, ALICE, "live only"))
+    assert w.take("b") == [comment(DOC, ALICE, "live only")]
+    assert w.hub.documents[DOC].stored_bytes == 0 == w.hub.stored_bytes

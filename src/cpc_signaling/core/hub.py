@@ -397,8 +397,9 @@ class Hub(Generic[P]):
             leave = state.leave_frame(event.user)
             if conn is not None:
                 sends.append(Send((conn.peer,), (leave,), "LeaveDocument"))  # the ack
-            if outcome is Outcome.LEFT_LAST and members:
-                sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
+            if outcome is Outcome.LEFT_LAST:
+                if members:
+                    sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
             elif state.reinstated and members:
                 # The user stays, and what the leaving connection set went with it: the
                 # others are sent the user's presence now in force that differs.

@@ -261,6 +261,8 @@ class DocumentState:
     def add_stored(self, frame: bytes) -> None:
         """Append a stored frame, then drop the oldest while a bound is exceeded."""
         stored = self.stored
+        if not stored.maxlen:
+            return  # max_stored 0: nothing is kept
         if len(stored) == stored.maxlen:
             self._drop_oldest()
         stored.append(frame)
