@@ -16,13 +16,12 @@ import sys
 import time
 from typing import Any
 
+from cpc_signaling.bench.processes import RedisProcess, ServerProcess
 from cpc_signaling.bench.runner import Workload, summarize
 from cpc_signaling.bench.targeting import route
 from cpc_signaling.bench.worker import Layout, Worker
 
 from ..helpers import TIMEOUT, new_id
-from ..redis.cluster import instances
-from ..redis.server import redis_server
 from .test_bench import _until
 
 
@@ -65,24 +64,44 @@ async def _cross(urls: str, route: list[int] | None) -> tuple[int, int, dict[str
         worker.close()
 
 
+def _two_instances() -> tuple[RedisProcess, list[ServerProcess]]:
+    """A private Redis and two instances on it, ready (the bench's own helpers)."""
+    redis = RedisProcess(None)
+    servers = [ServerProcess(["--redis-url", redis.url], None, wait=False) for _ in range(2)]
+    try:
+        for server in servers:
+            server.wait_listening()
+            server.wait_ready()
+    except BaseException:
+        for server in servers:
+            server.stop()
+        redis.stop()
+        raise
+    return redis, servers
+
+
 async def test_cross_instance_deliveries_are_told_apart() -> None:
-    with redis_server() as redis:
-        async with instances(redis, 2) as (a, b):
-            urls = f"{a.url},{b.url}"
-            # Round-robin: members 0 and 2 on a, 1 on b. 0's 4 reach 1 across, 2 on a;
-            # 1's 3 reach 0 and 2, both across: 4 + 6 cross of 14.
-            total, cross, row = await _cross(urls, None)
-            assert (total, cross) == (14, 10)
-            assert row["cross_deliveries"] == 10
-            assert 0 < row["cross_p50_ms"] <= row["cross_p99_ms"] < 5000
-            assert row["lost"] == 0 and row["delivered"] == 14
-            # A route: 0 and 1 on a, 2 on b. 0's 4 and 1's 3 each cross once (to 2).
-            total, cross, row = await _cross(urls, [0, 0, 1])
-            assert (total, cross) == (14, 7)
-            # One instance: nothing is cross-instance.
-            total, cross, row = await _cross(a.url, None)
-            assert (total, cross) == (14, 0)
-            assert row["cross_deliveries"] == 0 and row["cross_p99_ms"] is None
+    redis, (a, b) = await asyncio.to_thread(_two_instances)
+    try:
+        urls = f"{a.url},{b.url}"
+        # Round-robin: members 0 and 2 on a, 1 on b. 0's 4 reach 1 across, 2 on a;
+        # 1's 3 reach 0 and 2, both across: 4 + 6 cross of 14.
+        total, cross, row = await _cross(urls, None)
+        assert (total, cross) == (14, 10)
+        assert row["cross_deliveries"] == 10
+        assert 0 < row["cross_p50_ms"] <= row["cross_p99_ms"] < 5000
+        assert row["lost"] == 0 and row["delivered"] == 14
+        # A route: 0 and 1 on a, 2 on b. 0's 4 and 1's 3 each cross once (to 2).
+        total, cross, row = await _cross(urls, [0, 0, 1])
+        assert (total, cross) == (14, 7)
+        # One instance: nothing is cross-instance.
+        total, cross, row = await _cross(a.url, None)
+        assert (total, cross) == (14, 0)
+        assert row["cross_deliveries"] == 0 and row["cross_p99_ms"] is None
+    finally:
+        for server in (a, b):
+            server.stop()
+        redis.stop()
 
 
 def _alive(pid: int) -> bool:
