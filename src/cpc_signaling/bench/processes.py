@@ -38,20 +38,31 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A ``cpc-signaling serve`` started by the bench, optionally pinned to one CPU.
+    """A ``cpc-signaling serve`` started by the bench, optionally pinned to one CPU (and
+    optionally from another source tree of the package, ``src``).
 
     Started by the constructor; :meth:`wait_listening` returns once it printed its URL
     (several can be started first and waited for afterwards, so they boot in parallel).
     """
 
-    def __init__(self, extra: Sequence[str], cpu: int | None, *, wait: bool = True) -> None:
+    def __init__(
+        self,
+        extra: Sequence[str],
+        cpu: int | None,
+        *,
+        wait: bool = True,
+        src: str | None = None,
+    ) -> None:
         cmd = [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0", *extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if src:  # another source tree of the package: it comes first on the path
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             pinned(cmd, cpu),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         self.lines: list[str] = []
         self.url = ""
@@ -185,6 +196,14 @@ class RedisProcess:
         """``INFO stats`` as a dict: ``total_net_output_bytes``, ``total_commands_processed``..."""
         info: dict[str, Any] = self.client.info("stats")
         return info
+
+    def command_stats(self) -> dict[str, tuple[int, int]]:
+        """``INFO commandstats``: command name -> (calls, microseconds spent in it)."""
+        info: dict[str, Any] = self.client.info("commandstats")
+        return {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in info.items()
+        }
 
     def stop(self) -> None:
         if self.proc.poll() is None:

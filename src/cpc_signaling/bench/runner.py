@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra argument for the spawned server (repeatable): --server-arg=--redis-url=...",
     )
     target.add_argument(
+        "--server-src",
+        default=None,
+        metavar="DIR",
+        help="run the spawned servers from this source tree (PYTHONPATH=DIR), e.g. an older "
+        "commit's src/ from `git archive`, to compare it with this one in one sitting",
+    )
+    target.add_argument(
         "--instances",
         type=int,
         default=1,
@@ -623,6 +630,8 @@ def run_workload(
                 f"p99 {top['p99_ms']} ms <= {args.p99_bound} ms and no loss"
             )
             rows.append({**top, "max": True})
+            if printer.as_json:  # the result, machine-readable (the table has the note)
+                print(json.dumps(rows[-1]), flush=True)
         return rows
     finally:
         fleet.close()
@@ -681,7 +690,7 @@ def spawn_target(
     try:
         # Started together, then waited for: they boot in parallel.
         for _ in range(max(1, instances)):
-            servers.append(ServerProcess(extra, cpu, wait=False))
+            servers.append(ServerProcess(extra, cpu, wait=False, src=args.server_src))
         for server in servers:
             server.wait_listening()
         if any(a.startswith("--redis-url") for a in extra):

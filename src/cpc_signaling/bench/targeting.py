@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from .processes import RedisProcess, ServerProcess
+from .processes import RedisProcess, ServerProcess, proc_cpu
 from .runner import Fleet, Printer, Workload, summarize
 
 IDLE_WINDOW = 2.0  # seconds of idle output measured per K (one default heartbeat interval)
@@ -48,6 +48,7 @@ _COLUMNS = (
     ("B/event", "redis_bytes_per_event", "{:,.1f}"),
     ("B/deliv", "redis_bytes_per_delivery", "{:,.1f}"),
     ("cmds/event", "redis_commands_per_event", "{:.3f}"),
+    ("redis-us/event", "redis_cpu_us_per_event", "{:.2f}"),
     ("p99ms", "p99_ms", "{:.2f}"),
     ("load", "load_avg_1m", "{:.2f}"),
 )
@@ -106,7 +107,7 @@ def measure(
             "--rate-limit", "0",
             *args.server_arg,
         ]  # fmt: skip
-        servers = [ServerProcess(extra, None, wait=False) for _ in range(k)]
+        servers = [ServerProcess(extra, None, wait=False, src=args.server_src) for _ in range(k)]
         for server in servers:
             server.wait_listening()
         for server in servers:
@@ -149,6 +150,11 @@ def measure(
         redis.stop()
 
 
+def _delta_cpu(pid: int, before: float | None) -> float | None:
+    after = proc_cpu(pid)
+    return None if before is None or after is None else after - before
+
+
 def _frames_out(servers: list[ServerProcess]) -> float:
     return sum(s.counter("cpc_messages_out_total", '"CursorUpdate"') for s in servers)
 
@@ -164,9 +170,12 @@ def phase_row(
     """One phase: only ``senders`` send; Redis's output and the counts around it."""
     rate = args.events / (len(senders) * args.duration)
     frames0 = _frames_out(servers)
+    calls0 = redis.command_stats()
+    cpu0 = proc_cpu(redis.pid)
     info0, t0 = redis.stats(), time.monotonic()
     stats = fleet.run(rate, args.duration, senders)
     info1, t1 = redis.stats(), time.monotonic()
+    calls1 = redis.command_stats()
     frames1 = _frames_out(servers)
     row = summarize(fleet.workload, rate, args.duration, stats)
     raw = info1["total_net_output_bytes"] - info0["total_net_output_bytes"]
@@ -188,6 +197,16 @@ def phase_row(
         redis_commands_per_event=round(commands / sent, 3) if sent else None,
         phase_wall_s=round(t1 - t0, 2),
     )
+    # Which commands per event (a script's own calls included; so are heartbeats and
+    # INFO), and Redis's CPU time per event.
+    if sent:
+        row["redis_calls_per_event"] = {
+            name: round((n - calls0.get(name, (0, 0))[0]) / sent, 3)
+            for name, (n, _) in sorted(calls1.items())
+            if n != calls0.get(name, (0, 0))[0]
+        }
+        cpu = _delta_cpu(redis.pid, cpu0)
+        row["redis_cpu_us_per_event"] = None if cpu is None else round(1e6 * cpu / sent, 2)
     return row
 
 
