@@ -6,7 +6,9 @@ what it receives. Reported per run: sent, delivered, lost, duplicated,
 reordered, deliveries/s, latency percentiles (from the message timestamp), the
 generator's own CPU use (a saturated generator is flagged, never mistaken for a
 slow server), and with ``--spawn`` the server's CPU and RSS too. ``--find-max``
-raises the rate until p99 passes a bound or anything is lost.
+raises the rate until p99 passes a bound or anything is lost. ``--spawn-redis``
+adds a private Redis the spawned instances share (counted with them), and
+``--targeting`` (:mod:`.targeting`) measures Redis's output per event.
 
 The generator runs in ``--procs`` worker processes (see :mod:`.worker`);
 this module only plans, coordinates and reports. Nothing here is imported by
@@ -142,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--quick",
         action="store_true",
-        help="the short standard run of `make bench` (spawns a server, under a minute)",
+        help="the short standard run of `make bench`: one spawned server at three loads, then "
+        "two instances + a private Redis at one (about 30 s)",
     )
     mode.add_argument("--repeat", type=int, default=1, help="run each load this many times")
     mode.add_argument(
@@ -722,6 +725,8 @@ def main(args: argparse.Namespace) -> int:
         args.spawn = True
     if args.spawn_redis and not args.spawn:
         raise SystemExit("--spawn-redis goes with --spawn")
+    if args.spawn_redis and any(a.startswith("--redis-url") for a in args.server_arg):
+        raise SystemExit("--spawn-redis gives the servers their --redis-url: drop the other")
     if args.spawn and len(_cpus()) > 1:
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setaffinity(0, _generator_cpus(args))
