@@ -118,7 +118,9 @@ async def test_spawn_redis_starts_counts_and_stops_its_redis() -> None:
         "--docs", "2", "--users", "3", "--rate", "20", "--duration", "1",
     )  # fmt: skip
     notes = " ".join(line["note"] for line in lines if "note" in line)
-    redis_pid = int(re.search(r"spawned redis-server pid (\d+)", notes).group(1))  # type: ignore[union-attr]
+    spawned = re.search(r"spawned redis-server pid (\d+)", notes)
+    assert spawned, notes
+    redis_pid = int(spawned.group(1))
     server_pids = [int(p) for p in re.findall(r"spawned server pid (\d+)", notes)]
     assert len(server_pids) == 2
     (row,) = [line for line in lines if "workload" in line]
