@@ -69,7 +69,9 @@ def random_events(doc: str, rng: random.Random, count: int) -> list[Event]:
         conn, user = rng.choice(conns)
         roll = rng.random()
         if roll < 0.3:
-            events.append(Joined(conn, user))
+            # With user info half of the time (what counts: the join making the user present).
+            info = b'{"name":"n%d"}' % n if rng.random() < 0.5 else b""
+            events.append(Joined(conn, user, info))
         elif roll < 0.5:
             events.append(Left(conn, user))
         elif roll < 0.55:
@@ -88,8 +90,12 @@ def random_events(doc: str, rng: random.Random, count: int) -> list[Event]:
 def shape(state: DocumentState) -> tuple[object, ...]:
     return (
         state.seq,
-        [(u.user_id, sorted(u.conns), list(u.presence.items())) for u in state.users.values()],
+        [
+            (u.user_id, sorted(u.conns), list(u.presence.items()), u.join_frame)
+            for u in state.users.values()
+        ],
         dict(sorted(state.conns.items())),
+        sorted(state.connection_presence()),
         list(state.stored),
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..core import DocumentState, Event, Joined, Left, Relayed
-from ..core.state import STORED_KINDS, Outcome
+from ..core.state import DEFAULT_MAX_STORED_BYTES, STORED_KINDS, Outcome
 from .base import BackendHooks, BlockSink, EventSink
 
 
@@ -81,11 +81,13 @@ class MemoryStore:
         instance_id: str = "memory",
         max_members: int = 1000,
         max_stored: int = 1000,
+        max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES,
     ) -> None:
         self.bus = bus
         self.instance_id = instance_id
         self.max_members = max_members
         self.max_stored = max_stored
+        self.max_stored_bytes = max_stored_bytes
 
     def subscribe(self, deliver: BlockSink) -> None:
         """Receive the events of followed documents that other instances commit."""
@@ -99,8 +101,10 @@ class MemoryStore:
         return state
 
     def _decide(self, document_id: str, state: DocumentState, event: Event) -> int:
-        """What Redis tells replicas (``wire``): join refused, oldest stored index."""
+        """What Redis tells replicas (``wire``): join refused, oldest stored index.
+        Each event is decided with the limits of the instance committing it."""
         state.max_stored = self.max_stored
+        state.max_stored_bytes = self.max_stored_bytes
         outcome = state.apply(event, max_members=self.max_members)
         if type(event) is Joined:
             return 1 if outcome is Outcome.REJECTED_FULL else 0
@@ -133,10 +137,17 @@ class MemoryStore:
 
     async def load(self, document_id: str) -> DocumentState:
         source = self._state(document_id)
-        copy = DocumentState(document_id, max_stored=self.max_stored, seq=source.seq)
+        copy = DocumentState(
+            document_id,
+            max_stored=self.max_stored,
+            max_stored_bytes=self.max_stored_bytes,
+            seq=source.seq,
+        )
         for user in source.users.values():
-            copy.restore_user(user.user_id, sorted(user.conns), user.presence.items())
-        copy.load_stored(source.stored)
+            copy.restore_user(user.user_id, sorted(user.conns), info=user.info)
+        for conn, seq, kind, frame in source.connection_presence():
+            copy.restore_presence(conn, seq, kind, frame)
+        copy.load_stored(source.stored, as_recorded=True)
         return copy
 
     async def reap(self, instance_id: str) -> int:

@@ -396,7 +396,11 @@ class Node:
             events.append((document_id, Left(conn, "")))
         for key, (document_id, conn, user) in held.items():
             if key not in redis_has:
-                events.append((document_id, Joined(conn, user)))
+                # The user's info as this instance knows it (the join that set it is gone).
+                replica = self.backend.hooks.replica(document_id)
+                present = replica.users.get(user) if replica is not None else None
+                info = present.info if present is not None else b""
+                events.append((document_id, Joined(conn, user, info)))
         if events and not await store.commit_internal(events):
             raise _Resync("refused: this instance's registration expired while restoring")
 
@@ -437,7 +441,10 @@ class Node:
         for user_id, user in replica.users.items():
             if user_id in state.users or any(c.startswith(self.mine) for c in user.conns):
                 continue
-            state.restore_user(user_id, sorted(user.conns), user.presence.items())
+            state.restore_user(user_id, sorted(user.conns), info=user.info)
+            for conn, messages in user.conns.items():
+                for kind, (seq, frame) in messages.items():
+                    state.restore_presence(conn, seq, kind, frame)
             kept = True
         return kept
 
@@ -448,29 +455,25 @@ class Node:
             self._spawn_reload(document_id)
 
     def _lost_presence(self, document_id: str, state: DocumentState) -> list[tuple[str, Event]]:
-        """Presence of this instance's users that the shared state lacks (lost, or set
-        while Redis was away): to publish again."""
+        """Presence of this instance's connections that the shared state lacks (lost,
+        or set while Redis was away): to publish again, per connection, in the order
+        it was set."""
         replica = self.backend.hooks.replica(document_id)
         if replica is None:
             return []
-        events: list[tuple[str, Event]] = []
-        seen: set[str] = set()
-        for conn, user_id in replica.conns.items():
-            if (
-                not conn.startswith(self.mine)
-                or user_id in seen
-                or state.conns.get(conn) != user_id
-            ):
-                continue
-            seen.add(user_id)
-            local = replica.users.get(user_id)
-            shared = state.users.get(user_id)
-            if local is None:
-                continue
-            for kind, frame in local.presence.items():
-                if shared is None or shared.presence.get(kind) != frame:
-                    events.append((document_id, Relayed(conn, user_id, kind, frame)))
-        return events
+        shared = {(conn, kind): frame for conn, _, kind, frame in state.connection_presence()}
+        mine = [
+            (seq, conn, kind, frame)
+            for conn, seq, kind, frame in replica.connection_presence()
+            if conn.startswith(self.mine)
+            and state.conns.get(conn) is not None
+            and state.conns.get(conn) == replica.conns.get(conn)
+            and shared.get((conn, kind)) != frame
+        ]
+        return [
+            (document_id, Relayed(conn, replica.conns[conn], kind, frame))
+            for _, conn, kind, frame in sorted(mine)
+        ]
 
     def _spawn_reload(self, document_id: str) -> None:
         task = asyncio.create_task(self._reload(document_id))

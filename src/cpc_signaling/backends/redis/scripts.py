@@ -22,8 +22,10 @@ document lives on the node the document hashes to)::
                              n: member connections
                              c:CONN -> user id (members)
                              u:USER -> number of the user's connections
-                             p:USER KIND -> "SEQ EVENT": presence in force (the
-                                packed Relayed that set it, and its seq)
+                             i:USER -> the user's info (canonical JSON), if any
+                             p:CONN KIND -> "SEQ EVENT": the connection's latest
+                                presence message of that kind (the packed
+                                Relayed that set it, and its seq)
                              sn: stored messages ever appended (the absolute
                                 index of the next), sb: bytes in the list
     P:doc:D:users      zset  user id, scored by the seq of its first join (join order)
@@ -209,8 +211,8 @@ end
         ),
         r"""
 -- Apply n events of document `doc`, flat in `src` from index i (4 fields each:
--- conn, user, kind, packed event; its type is the packed tag: R, J or L), with
--- consecutive sequence numbers.
+-- conn, user, kind (a join: its user info), packed event; its type is the packed
+-- tag: R, J or L), with consecutive sequence numbers.
 -- Every follower gets them (the origin only when `ack` is false). Returns the
 -- ack block for the origin: msgpack [first_seq, [decided...]].
 local function group(doc, src, i, n, origin, ack, L)
@@ -256,18 +258,18 @@ local function group(doc, src, i, n, origin, ack, L)
           touched = true
         end
       elseif ok then
-        -- Only the final value per (user, kind) is written, at the end.
+        -- Presence belongs to the connection. Only the final value per
+        -- (connection, kind) is written, at the end.
+        local base = 'p:' .. conn .. ' '
         local sup = SUPERSEDED[kind]
         if sup then
           for s = 1, #sup do
-            local f = 'p:' .. user .. ' ' .. sup[s]
-            put[f] = nil
-            gone[f] = true
+            put[base .. sup[s]] = nil
+            gone[base .. sup[s]] = true
           end
         end
-        local f = 'p:' .. user .. ' ' .. kind
-        put[f] = (first + j - 1) .. ' ' .. packed
-        gone[f] = nil
+        put[base .. kind] = (first + j - 1) .. ' ' .. packed
+        gone[base .. kind] = nil
       end
     elseif t == 74 then
       touched = true
@@ -283,7 +285,13 @@ local function group(doc, src, i, n, origin, ack, L)
           ucount[user] = u + 1
           put['u:' .. user] = u + 1
           gone['u:' .. user] = nil
-          if u == 0 then redis.call('ZADD', key .. ':users', first + j - 1, user) end
+          if u == 0 then
+            redis.call('ZADD', key .. ':users', first + j - 1, user)
+            if kind ~= '' then  -- a join's info rides in the kind field
+              put['i:' .. user] = kind
+              gone['i:' .. user] = nil
+            end
+          end
           local kinst = P .. ':inst:' .. instance_of(conn)
           redis.call('SADD', kinst, doc .. ' ' .. conn)
           redis.call('PEXPIRE', kinst, L.ttl)
@@ -303,19 +311,21 @@ local function group(doc, src, i, n, origin, ack, L)
         member[conn] = false
         put['c:' .. conn] = nil
         gone['c:' .. conn] = true
+        for s = 1, #KINDS do  -- what the connection set goes with it
+          put['p:' .. conn .. ' ' .. KINDS[s]] = nil
+          gone['p:' .. conn .. ' ' .. KINDS[s]] = true
+        end
         if count == nil then count = tonumber(redis.call('HGET', key, 'n')) or 0 end
         count = count - 1
         ucount = ucount or {}
         local u = (ucount[owner] or tonumber(redis.call('HGET', key, 'u:' .. owner)) or 0) - 1
         ucount[owner] = u
         if u <= 0 then
-          put['u:' .. owner] = nil
-          gone['u:' .. owner] = true
-          redis.call('ZREM', key .. ':users', owner)
-          for s = 1, #KINDS do
-            put['p:' .. owner .. ' ' .. KINDS[s]] = nil
-            gone['p:' .. owner .. ' ' .. KINDS[s]] = true
+          for _, f in ipairs({'u:' .. owner, 'i:' .. owner}) do
+            put[f] = nil
+            gone[f] = true
           end
+          redis.call('ZREM', key .. ':users', owner)
         else
           put['u:' .. owner] = u
           gone['u:' .. owner] = nil

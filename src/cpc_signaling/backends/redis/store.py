@@ -16,7 +16,7 @@ from typing import Any, Final
 import hiredis
 import msgspec
 
-from ...core import DocumentState, Event, Relayed
+from ...core import DocumentState, Event, Joined, Relayed
 from .resp import Connection, ConnectionLost, ReplyError
 from .scripts import SCRIPTS
 from .wire import AckBlock, Channels, decode_acks
@@ -63,26 +63,29 @@ _encode = msgspec.msgpack.Encoder().encode
 
 
 def build_state(document_id: str, raw: Sequence[Any], stored: list[bytes]) -> DocumentState:
-    """A replica from a LOAD/ATTACH reply (``stored``: all its stored messages)."""
+    """A replica from a LOAD/ATTACH reply (``stored``: all its stored messages, as
+    Redis keeps them: the bounds were applied there)."""
     seq, flat, users = int(raw[0]), raw[1], raw[2]
     conns_of: dict[str, list[str]] = {}
-    presence_of: dict[str, list[tuple[int, str, bytes]]] = {}
+    info_of: dict[str, bytes] = {}
+    presence: list[tuple[str, int, str, bytes]] = []
     for i in range(0, len(flat), 2):
         name, value = flat[i], flat[i + 1]
-        if name.startswith(b"c:"):
-            conns_of.setdefault(_text(value), []).append(name[2:].decode())
-        elif name.startswith(b"p:"):
-            user, kind = name[2:].decode().split(" ", 1)
+        if name.startswith(b"p:"):
+            conn, kind = name[2:].decode().split(" ", 1)
             set_at, packed = value.split(b" ", 1)
-            presence_of.setdefault(user, []).append(
-                (int(set_at), kind, _decode_relayed(packed).frame)
-            )
+            presence.append((conn, int(set_at), kind, _decode_relayed(packed).frame))
+        elif name.startswith(b"c:"):
+            conns_of.setdefault(_text(value), []).append(name[2:].decode())
+        elif name.startswith(b"i:"):
+            info_of[name[2:].decode()] = value
     state = DocumentState(document_id, seq=seq)
     for raw_user in users:
         user = _text(raw_user)
-        presence = sorted(presence_of.get(user, ()))
-        state.restore_user(user, sorted(conns_of.get(user, ())), [(k, f) for _, k, f in presence])
-    state.load_stored(stored)
+        state.restore_user(user, sorted(conns_of.get(user, ())), info=info_of.get(user, b""))
+    for conn, set_at, kind, frame in presence:
+        state.restore_presence(conn, set_at, kind, frame)
+    state.load_stored(stored, as_recorded=True)
     return state
 
 
@@ -143,6 +146,8 @@ class RedisStore:
             for event in events:
                 if type(event) is Relayed:
                     extend((event.conn, event.user, event.kind, encode(event)))
+                elif type(event) is Joined:
+                    extend((event.conn, event.user, event.info, encode(event)))
                 else:
                     extend((event.conn, event.user, "", encode(event)))
         packed: bytes = hiredis.pack_command(tuple(args))
