@@ -250,11 +250,14 @@ class WsPeer(Link):
                 if transport.is_closing():
                     self.gone = True
                     return
-                room = WRITE_HIGH_WATER - transport.get_write_buffer_size()
-                if room <= 0:
+                size = transport.get_write_buffer_size()
+                if size > WRITE_HIGH_WATER:  # the transport paused its protocol: wait
                     await self._writer.drain()  # until under the transport's low-water mark
+                    if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                        await asyncio.sleep(0.01)  # it did not pause after all: poll
                     continue
-                transport.write(b"".join(outbox.pop(room)))
+                # At least one frame, then as much as fits under the high-water mark.
+                transport.write(b"".join(outbox.pop(WRITE_HIGH_WATER - size)))
                 await asyncio.sleep(0)  # a fast reader must not hold the loop
         except (ConnectionError, RuntimeError):
             self.gone = True

@@ -6,7 +6,7 @@
     from cpc_signaling.server import Config
 
     signaling = create_app(Config(api_key="..."))     # an ASGI application
-    # uvicorn module:signaling --ws websockets-sansio --ws-max-size 131072
+    # uvicorn module:signaling --ws websockets-sansio --ws-max-size 262144
     # or, inside FastAPI/Starlette (docs/embedding.md):
     #   app = FastAPI(lifespan=signaling.lifespan); app.mount("/signaling", signaling)
 
