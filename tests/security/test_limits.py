@@ -186,7 +186,7 @@ async def test_stored_rate_limit_refuses_a_comment_flood_and_spares_presence(
             comments = [m.position.line for m in got if isinstance(m, Comment)]
             cursors = [m.position.line for m in got if isinstance(m, CursorUpdate)]
             assert cursors == list(range(40))
-            assert 20 <= len(comments) < 25, comments  # the burst, and what refilled
+            assert 20 <= len(comments) <= 30, comments  # the burst, and what refilled
             assert comments == list(range(len(comments)))  # the first ones, in order
             notice = await receive_until(sender, lambda m: isinstance(m, Error))
             assert notice[-1].code == ErrorCode.CONNECTION_ERROR  # type: ignore[union-attr]
