@@ -104,6 +104,7 @@ class Service:
             max_documents_per_connection=config.max_documents_per_connection,
             max_members_per_document=config.max_members_per_document,
             max_stored_per_document=config.max_stored_per_document,
+            max_stored_bytes_per_document=config.max_stored_bytes_per_document,
             max_documents=config.max_documents,
             max_stored_bytes=config.max_stored_bytes,
         )
@@ -195,7 +196,10 @@ class Service:
             conn = self.hub.connect(peer)
         else:
             conn = self.hub.connect(
-                peer, user_id=verdict.user_id, allowed_documents=verdict.allowed_documents
+                peer,
+                user_id=verdict.user_id,
+                allowed_documents=verdict.allowed_documents,
+                info=verdict.info,  # the token's info wins, even when it has none
             )
         session = self.sessions[conn.id] = Session(conn, self.config)
         if verdict is not None:
