@@ -97,7 +97,7 @@ def wire_bytes(send: Send[Peer]) -> bytes:
 
 
 def _streamed(frames: Sequence[bytes]) -> bool:
-    return len(frames) > 1 and sum(map(len, frames)) > STREAM_THRESHOLD
+    return sum(map(len, frames)) > STREAM_THRESHOLD
 
 
 class Coalescer:
@@ -202,20 +202,18 @@ class WsPeer(Link):
     # -- writing ------------------------------------------------------------------
 
     def deliver(self, send: Send[Peer]) -> None:
+        frames = send.frames
+        stream = len(frames) > 1 and _streamed(frames)  # a large snapshot: written lazily
         pending = self._pending
         if pending is not None:  # already writing this iteration
-            if not _streamed(send.frames):
+            if not stream:
                 wire = send.wire
                 pending.append(wire if wire is not None else wire_bytes(send))
                 return
             self.write_pending()  # what came before the snapshot goes before it
         if self.closing is not None or self.gone:
             return
-        if (
-            self.outbox
-            or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER
-            or _streamed(send.frames)
-        ):
+        if stream or self.outbox or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             if self.queue(send, behind=True):
                 self._kick()
             return
