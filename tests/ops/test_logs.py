@@ -12,7 +12,8 @@ import pytest
 
 from cpc_signaling.client import ClientError
 from cpc_signaling.protocol import Comment, Position
-from cpc_signaling.server.logs import JsonFormatter, setup_logging
+from cpc_signaling.server.logs import JsonFormatter, redact, setup_logging
+from cpc_signaling.tokens import mint_token
 
 from ..helpers import (
     TIMEOUT,
@@ -165,3 +166,19 @@ async def test_every_line_about_a_connection_names_it(
         if re.search(r"connection \S+/\d+", r.getMessage()) and r not in named
     ]
     assert not unnamed, unnamed
+
+
+def test_redact_replaces_every_shape_a_token_travels_in() -> None:
+    jwt = mint_token(sub=new_id(), secret="s" * 40)
+    signature = jwt.rsplit(".", 1)[1]
+    for text in (
+        f"GET /ws?token={jwt} HTTP/1.1",
+        f"GET /ws?a=1&token={jwt}&b=2",
+        f"['cpc.v1', 'cpc.token.{jwt}']",
+        f"Authorization: Bearer {jwt}",
+        f"b'X-Forwarded: {jwt}'",  # bare, anywhere
+    ):
+        assert signature not in redact(text), text
+    assert redact("connection a/1 (user b): closing with 1008") == (
+        "connection a/1 (user b): closing with 1008"
+    )

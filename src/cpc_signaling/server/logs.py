@@ -71,15 +71,15 @@ class _BadRequests(logging.Filter):
         status = getattr(exc, "code", None)
         if exc is None or not isinstance(status, int) or not 400 <= status < 500:
             return True  # a server error: kept as it is (redacted)
-        logger = logging.getLogger(record.name)
-        if not logger.isEnabledFor(logging.INFO):
+        level = min(record.levelno, logging.INFO)  # never raised (garbage is DEBUG)
+        if not logging.getLogger(record.name).isEnabledFor(level):
             return False
         detail = str(getattr(exc, "message", "") or "").strip().splitlines()
         reason = detail[0].split(": b'")[0].split(': b"')[0].rstrip(":. ") if detail else ""
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         record.msg = "bad HTTP request from %s: %d %s"
         record.args = (remote, status, redact(reason) or type(exc).__name__)
-        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.levelno, record.levelname = level, logging.getLevelName(level)
         record.exc_info = None
         record.exc_text = None
         return True
