@@ -112,7 +112,8 @@ async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: Red
                 assert [m.content for m in snapshot if type(m) is Comment] == ["kept"]
                 await b.leave(doc)
             async with asyncio.timeout(TIMEOUT):
-                while service.hub.local_members or service._detaching or _node(backend).docs:  # noqa: ASYNC110
+                following = service.following
+                while service.hub.local_members or following.detaching or _node(backend).docs:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             assert redis.strings("KEYS", f"{prefix}:follows:*") == []
 

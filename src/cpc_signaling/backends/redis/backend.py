@@ -301,6 +301,7 @@ class RedisBackend:
                 pending,
             ),
             "redis_documents": ("documents this instance follows in Redis", followed),
+            "redis_nodes": ("Redis nodes documents are spread over", len(self.nodes)),
             "redis_nodes_up": (
                 "Redis nodes this instance is connected to and restored on",
                 sum(1 for node in self.nodes if node.ready),
