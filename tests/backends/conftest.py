@@ -55,6 +55,7 @@ class Harness:
         *,
         max_members: int = 1000,
         max_stored: int = 1000,
+        max_stored_bytes: int = 1 << 30,
         inbox: Inbox | None = None,
     ) -> Store:
         raise NotImplementedError
@@ -75,10 +76,15 @@ class MemoryHarness(Harness):
         *,
         max_members: int = 1000,
         max_stored: int = 1000,
+        max_stored_bytes: int = 1 << 30,
         inbox: Inbox | None = None,
     ) -> Store:
         store = MemoryStore(
-            self.bus, instance_id=instance_id, max_members=max_members, max_stored=max_stored
+            self.bus,
+            instance_id=instance_id,
+            max_members=max_members,
+            max_stored=max_stored,
+            max_stored_bytes=max_stored_bytes,
         )
         if inbox is not None:
             store.subscribe(inbox)
@@ -99,6 +105,7 @@ class RedisHarness(Harness):
         *,
         max_members: int = 1000,
         max_stored: int = 1000,
+        max_stored_bytes: int = 1 << 30,
         inbox: Inbox | None = None,
     ) -> Store:
         from cpc_signaling.backends.redis.options import NodeAddress
@@ -123,7 +130,9 @@ class RedisHarness(Harness):
             prefix=self.prefix,
             channels=channels,
             instance_id=instance_id,
-            limits=Limits(max_members=max_members, max_stored=max_stored, max_bytes=1 << 30),
+            limits=Limits(
+                max_members=max_members, max_stored=max_stored, max_bytes=max_stored_bytes
+            ),
         )
         await store.load_scripts()
         registered, _, _ = await store.register(secrets.token_hex(8), "", 60.0)

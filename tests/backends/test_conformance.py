@@ -248,6 +248,20 @@ async def test_stored_messages_are_bounded_and_survive_leaves(harness: Harness) 
     assert state.seq == 7
 
 
+async def test_stored_bytes_budget_drops_the_oldest_like_the_reference(harness: Harness) -> None:
+    store = await harness.store(max_stored=100, max_stored_bytes=2_000)
+    doc, user = new_id(), new_id()
+    frames = [b"x" * size for size in (300, 900, 500, 700, 2_500, 100, 1_200, 600)]
+    reference = DocumentState(doc, max_stored=100, max_stored_bytes=2_000)
+    events: list[Event] = [Relayed("", user, "Comment", f) for f in frames]
+    for event in events:
+        reference.apply(event, max_members=1000)
+    await store.commit([(doc, e) for e in events])
+    state = await store.load(doc)
+    assert list(state.stored) == list(reference.stored) == frames[-3:]  # a frame over the
+    # whole budget (2,500 bytes) is relayed, never kept
+
+
 async def test_member_cap_refuses_like_the_reference(harness: Harness) -> None:
     store = await harness.store(max_members=2)
     doc = new_id()

@@ -228,7 +228,9 @@ async def test_documents_let_go_during_a_restore_are_not_followed(redis: RedisSe
     killed), then let go before the restore ends: once everything settled, Redis
     delivers nothing of those documents to the instance any more."""
     async with (
-        instances(redis, 1, "--max-documents-per-connection", "300") as (s1,),
+        instances(redis, 1, "--max-documents-per-connection", "300", "--redis-linger", "0") as (
+            s1,
+        ),
         Client(s1.url, new_id()) as many,
         Client(s1.url, new_id()) as more,
         Client(s1.url, new_id()) as most,

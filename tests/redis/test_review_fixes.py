@@ -88,9 +88,14 @@ async def test_attach_attach_detach_detach_leaves_no_subscription(redis: RedisSe
         await backend.close()
 
 
-async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: RedisServer) -> None:
+@pytest.mark.parametrize("linger", [0.0, 30.0])
+async def test_join_racing_the_last_leave_reattaches_after_the_detach(
+    redis: RedisServer, linger: float
+) -> None:
     prefix = "d" + new_id()[:8]
-    async with running_server(redis_url=redis.url, redis_prefix=prefix) as running:
+    async with running_server(
+        redis_url=redis.url, redis_prefix=prefix, redis_linger=linger
+    ) as running:
         service = running.service
         backend = service.backend
         assert isinstance(backend, RedisBackend)
@@ -111,11 +116,21 @@ async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: Red
                 snapshot = await b.join(doc)  # while a's leave detaches the document
                 assert [m.content for m in snapshot if type(m) is Comment] == ["kept"]
                 await b.leave(doc)
+            node = _node(backend)
             async with asyncio.timeout(TIMEOUT):
                 following = service.following
-                while service.hub.local_members or following.detaching or _node(backend).docs:  # noqa: ASYNC110
+                while (  # noqa: ASYNC110
+                    service.hub.local_members
+                    or following.detaching
+                    or any(d.lingering is None for d in node.docs.values())
+                ):
                     await asyncio.sleep(0.01)
-            assert redis.strings("KEYS", f"{prefix}:follows:*") == []
+            if linger:  # still followed, for a quick join again; the hub let go
+                assert len(node.docs) == 3
+                assert not service.hub.documents
+            else:
+                assert not node.docs
+                assert redis.strings("KEYS", f"{prefix}:follows:*") == []
 
 
 async def test_overload_refuses_with_connection_error_never_drops_silently(

@@ -437,7 +437,9 @@ class Hub(Generic[P]):
         doc_id = state.document_id
         if doc_id in self.local_members or doc_id in self.local_refs:
             return  # a local join is on its way: it needs this replica (stored messages)
-        if not self.retain_idle or state.is_empty():
+        if not self.retain_idle:
+            return  # a shared store's replica: kept until the backend lets go (``forget``)
+        if state.is_empty():
             self._drop(doc_id)
             return
         self._idle[doc_id] = None

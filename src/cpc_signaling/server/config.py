@@ -46,6 +46,11 @@ class Config:
         "seconds between two flushes of presence to Redis under load (one script for all "
         "documents); joins, leaves, annotations and comments never wait",
     )
+    redis_linger: float = _opt(
+        30.0,
+        "seconds a document stays followed in Redis after its last local member left, so "
+        "that a join soon after costs no reload of its history (0: let go at once)",
+    )
     redis_strict: bool = _opt(
         False, "refuse to start when Redis may evict keys (maxmemory-policy not noeviction)"
     )

@@ -579,6 +579,7 @@ def backend_for(config: Config, instance_id: str) -> Backend:
         max_stored_per_document=config.max_stored_per_document,
         max_stored_bytes_per_document=config.max_stored_bytes_per_document,
         flush_interval=config.redis_flush_interval,
+        linger=config.redis_linger,
         strict=config.redis_strict,
         drain_timeout=config.drain_timeout,
     )

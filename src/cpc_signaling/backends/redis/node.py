@@ -31,7 +31,7 @@ import logging
 import random
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -60,6 +60,9 @@ LEAVE_HEADROOM: Final = 100_000
 MAX_FLUSH: Final = 2000
 MAX_INFLIGHT: Final = 4
 RESTORE_BATCH: Final = 32
+# Documents kept followed after their last local member left: at most this many
+# stored bytes over all of them (and RedisOptions.linger_documents documents).
+LINGER_BYTES: Final = 64 << 20
 COMMAND_TIMEOUT: Final = 5.0
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 2.0
@@ -80,13 +83,20 @@ class _Lost(Exception):
 
 
 class _Doc:
-    """A document this instance follows on this node."""
+    """A document this instance follows on this node.
 
-    __slots__ = ("order", "refs")
+    ``lingering``: nobody here follows it any more, but it stays followed for a
+    while (``RedisOptions.linger``), its replica kept up to date here, so that a
+    join soon after costs no reload (its stored history may be megabytes).
+    """
+
+    __slots__ = ("lingering", "order", "refs", "since")
 
     def __init__(self) -> None:
         self.refs = 0
         self.order = Ordering()
+        self.lingering: DocumentState | None = None
+        self.since = 0.0
 
 
 class _Flush:
@@ -142,6 +152,10 @@ class Node:
         self._changed = asyncio.Event()  # the writer progressed or the mode changed
         self._policy_checked = False
         self.refusing: str | None = None  # why this node will not serve (strict policy)
+        # Lingering documents, the longest lingering first, and their stored bytes.
+        self._lingering: OrderedDict[str, None] = OrderedDict()
+        self._linger_bytes = 0
+        self._sweep: asyncio.TimerHandle | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -332,6 +346,7 @@ class Node:
         if old and flushed.startswith(old + " "):
             ran = int(flushed.split(" ", 1)[1])
         self.local_stored = [item for item in self.local_stored if not 0 < item[0] <= ran]
+        self._drop_lingering()
         for doc in self.docs.values():
             if doc.order.phase is not Phase.LOADING:
                 doc.order.restart()
@@ -494,6 +509,10 @@ class Node:
     def _signal(self, document_id: str, signal: Signal) -> None:
         if signal is Signal.OK:
             return
+        doc = self.docs.get(document_id)
+        if signal is Signal.RELOAD and doc is not None and doc.lingering is not None:
+            self._spawn_let_go(document_id)  # nobody here needs it: no reload
+            return
         if signal is Signal.RELOAD:
             log.warning(
                 "document %s: events missing: reloading",
@@ -511,6 +530,12 @@ class Node:
         doc = self.docs.get(document_id)
         if doc is None:
             doc = self.docs[document_id] = _Doc()
+        elif doc.lingering is not None:
+            # Followed all along: its replica is current, no reload. From now on its
+            # events go to the sink again (the caller installs this state at once).
+            state = self._unlinger(document_id, doc)
+            doc.refs = 1
+            return state
         doc.refs += 1
         if doc.refs > 1:
             return None  # followed already
@@ -535,12 +560,30 @@ class Node:
 
     async def detach(self, document_id: str) -> None:
         doc = self.docs.get(document_id)
-        if doc is None:
+        if doc is None or doc.lingering is not None:
             return
         doc.refs -= 1
         if doc.refs > 0:
             return
-        del self.docs[document_id]
+        linger = self.backend.options.linger
+        if linger > 0 and self.mode is Mode.UP and doc.order.phase is Phase.LIVE:
+            replica = self.backend.hooks.replica(document_id)
+            if replica is not None:
+                doc.lingering, doc.since = replica, time.monotonic()
+                self._lingering[document_id] = None
+                self._linger_bytes += replica.stored_bytes
+                self._trim_lingering()
+                if self._sweep is None:
+                    loop = asyncio.get_running_loop()
+                    self._sweep = loop.call_later(linger, self._sweep_lingering)
+                return
+        await self._let_go(document_id)
+
+    async def _let_go(self, document_id: str) -> None:
+        """Stop following a document."""
+        doc = self.docs.pop(document_id, None)
+        if doc is not None and doc.lingering is not None:
+            self._unlinger(document_id, doc)
         store = self.store
         if self.mode is not Mode.DOWN and store is not None:
             # In order after any ATTACH of it (one connection); when DOWN, the next
@@ -549,6 +592,65 @@ class Node:
                 await store.unfollow(document_id)
             except (ConnectionError, ReplyError) as exc:
                 self.trouble(_Lost(str(exc)))
+
+    def _unlinger(self, document_id: str, doc: _Doc) -> DocumentState:
+        state = doc.lingering
+        assert state is not None
+        doc.lingering = None
+        self._lingering.pop(document_id, None)
+        self._linger_bytes -= state.stored_bytes
+        return state
+
+    def _trim_lingering(self) -> None:
+        """Overflow policy: past the count or byte bound, the longest lingering go."""
+        limit = self.backend.options.linger_documents
+        while self._lingering and (
+            len(self._lingering) > limit or self._linger_bytes > LINGER_BYTES
+        ):
+            self._spawn_let_go(next(iter(self._lingering)))
+
+    def _sweep_lingering(self) -> None:
+        self._sweep = None
+        linger = self.backend.options.linger
+        now = time.monotonic()
+        for document_id in list(self._lingering):
+            doc = self.docs.get(document_id)
+            if doc is None or now - doc.since < linger:
+                break
+            self._spawn_let_go(document_id)
+        if self._lingering:
+            oldest = self.docs[next(iter(self._lingering))]
+            delay = max(0.05, oldest.since + linger - now)
+            self._sweep = asyncio.get_running_loop().call_later(delay, self._sweep_lingering)
+
+    def _spawn_let_go(self, document_id: str) -> None:
+        doc = self.docs.get(document_id)
+        if doc is not None and doc.lingering is not None:
+            self._unlinger(document_id, doc)
+            del self.docs[document_id]
+        task = asyncio.create_task(self._let_go(document_id))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _drop_lingering(self) -> None:
+        """Forget lingering documents without a word to Redis (a restore, or Redis
+        gone): the next restore unfollows what nobody here follows."""
+        for document_id in list(self._lingering):
+            doc = self.docs.pop(document_id, None)
+            if doc is not None and doc.lingering is not None:
+                self._unlinger(document_id, doc)
+        self._lingering.clear()
+        self._linger_bytes = 0
+
+    def _linger_apply(self, document_id: str, event: Event, own: bool, decided: int | None) -> None:
+        """A lingering document's event: applied to its replica here, sent to nobody."""
+        doc = self.docs.get(document_id)
+        state = doc.lingering if doc is not None else None
+        if state is None:
+            return
+        before = state.stored_bytes
+        state.apply(event, max_members=self.limits.max_members, decided=decided)
+        self._linger_bytes += state.stored_bytes - before
 
     async def load(self, document_id: str) -> DocumentState | None:
         store = self.store
@@ -654,7 +756,7 @@ class Node:
             self._refused.append(flush)
             self.trouble(_Resync("fenced: a flush was refused (this instance was declared dead)"))
             return
-        sink = self.backend.sink
+        sink, linger = self.backend.sink, self._linger_apply
         docs = self.docs
         for (document_id, events), ack in zip(
             flush.groups.items(), decode_acks(reply[1]), strict=True
@@ -662,7 +764,13 @@ class Node:
             doc = docs.get(document_id)
             if doc is not None:
                 signal = doc.order.receive(
-                    document_id, ack.first, events, ack.decided, True, False, sink
+                    document_id,
+                    ack.first,
+                    events,
+                    ack.decided,
+                    True,
+                    False,
+                    sink if doc.lingering is None else linger,
                 )
                 if signal is not Signal.OK:
                     self._signal(document_id, signal)
@@ -690,6 +798,7 @@ class Node:
             self._handle = None
         for task in list(self._reloads):
             task.cancel()
+        self._drop_lingering()
         self.backend.node_changed(self, f"{type(exc).__name__}: {exc}")
         pending: list[tuple[int, str, Event]] = []
         for document_id, doc in self.docs.items():
@@ -745,7 +854,13 @@ class Node:
                 self.trouble(_Resync("fenced: another instance reaped this one's connections"))
                 return
             signal = doc.order.receive(
-                block.doc, block.first, block.events, block.decided, own, internal, sink
+                block.doc,
+                block.first,
+                block.events,
+                block.decided,
+                own,
+                internal,
+                sink if doc.lingering is None else self._linger_apply,
             )
             if signal is not Signal.OK:
                 self._signal(block.doc, signal)
