@@ -92,7 +92,7 @@ class RedisBackend:
             node.start()
         # Usually Redis is there: wait briefly so /readyz is green right away.
         deadline = time.monotonic() + 1.5
-        while not self.ready and time.monotonic() < deadline:  # noqa: ASYNC110
+        while not all(n.ready for n in self.nodes) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     async def _claim(self, node: Node) -> None:
@@ -226,18 +226,28 @@ class RedisBackend:
     # -- reporting ------------------------------------------------------------------------
 
     def node_changed(self, node: Node, why: str | None) -> None:
-        """A node went up (why None) or not: recompute readiness (every node up)."""
-        ready = all(n.ready for n in self.nodes)
+        """A node went up (why None) or not. The instance is ready while at least one
+        of its nodes is: a node that is down degrades only its own documents (served
+        locally meanwhile), and every instance would be as affected, so taking them all
+        out of rotation would turn a partial outage into a full one."""
+        several = len(self.nodes) > 1
+        if several:
+            if why is None:
+                log.info("Redis node %s ready", node.name)
+            else:
+                log.warning(
+                    "Redis node %s not ready: %s; its documents are served locally only",
+                    node.name,
+                    why,
+                )
+        ready = any(n.ready for n in self.nodes)
         if ready == self._ready:
-            if why is not None and len(self.nodes) > 1:
-                log.warning("Redis node %s not ready: %s", node.name, why)
             return
         self._ready = ready
         if ready:
             log.info("Redis backend ready (instance %s)", self.instance_id)
         else:
-            where = f" (node {node.name})" if len(self.nodes) > 1 else ""
-            log.warning("Redis backend not ready%s: %s; serving local clients only", where, why)
+            log.warning("Redis backend not ready: %s; serving local clients only", why)
         metrics = self._metrics
         if metrics is not None:
             metrics.backend_state_changes.labels("ready" if ready else "not_ready").inc()
