@@ -13,8 +13,9 @@ import random
 
 import pytest
 
+from cpc_signaling.backends.memory import DECIDED
 from cpc_signaling.core import DocumentState, Event, Joined, Left, Relayed
-from cpc_signaling.core.state import STORED_KINDS
+from cpc_signaling.core.state import STORED_KINDS, Outcome
 from cpc_signaling.protocol import (
     Comment,
     CursorUpdate,
@@ -144,6 +145,20 @@ async def test_followers_apply_what_the_store_decided_whatever_their_limits(
             replica.apply(event, max_members=1000, decided=decided)
         assert replica.seq == seq
     assert shape(replica) == shape(await writer.load(doc))
+    # What was decided is what the reference decides, event by event.
+    reference = DocumentState(doc, max_stored=4)
+    expected, appended = [], 0
+    for event in events:
+        outcome = reference.apply(event, max_members=5)
+        if type(event) is Relayed and event.kind in STORED_KINDS:
+            stored = outcome is Outcome.RELAYED
+            appended += stored
+            expected.append(appended - len(reference.stored) if stored else -1)
+        elif type(event) is Relayed:
+            expected.append(0)
+        else:
+            expected.append(DECIDED[outcome])
+    assert [decided for *_, decided in got] == expected
 
 
 async def test_followers_get_every_event_once_in_order(harness: Harness) -> None:
@@ -226,13 +241,18 @@ async def test_reap_leaves_every_membership_of_a_dead_instance(harness: Harness)
     assert state.conns == {"live/1": alice}
     assert list(state.users) == [alice]
     assert (await survivor.load(doc2)).conns == {}
-    got = await inbox.wait_for(5)
-    leaves = [(o, e) for _, _, o, e, _ in got[3:]]
-    assert sorted((o, e.conn, e.user) for o, e in leaves if type(e) is Left) == [
-        ("survivor", "dead/1", alice),
-        ("survivor", "dead/2", bob),
-    ]
-    assert [s for _, s, *_ in got] == [1, 2, 3, 4, 5]
+    # The follower of doc1 gets its joins; the reaper (the survivor) gets every leave of
+    # its reap, doc2's too though it does not follow it (the reap is its own doing).
+    got = await inbox.wait_for(6)
+    leaves = [(d, o, e, decided) for d, _, o, e, decided in got[3:]]
+    assert sorted((d, o, e.conn, e.user, decided) for d, o, e, decided in leaves) == sorted(
+        [
+            (doc1, "survivor", "dead/1", alice, 0),  # alice stays through live/1
+            (doc1, "survivor", "dead/2", bob, 1),  # bob's last connection in doc1
+            (doc2, "survivor", "dead/3", bob, 1),
+        ]
+    )
+    assert [s for d, s, *_ in got if d == doc1] == [1, 2, 3, 4, 5]
 
 
 async def test_stored_messages_are_bounded_and_survive_leaves(harness: Harness) -> None:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from cpc_signaling.backends.redis.stream import MAX_BUFFERED, Ordering, Phase, Signal, reaped
+from cpc_signaling.backends.redis.stream import (
+    MAX_BUFFERED,
+    Ordering,
+    Phase,
+    Signal,
+    outcome_of,
+    reaped,
+)
 from cpc_signaling.core import Event, Joined, Left, Relayed
+from cpc_signaling.core.state import Outcome
 
 DOC = "d"
 
@@ -14,13 +22,15 @@ class Sink:
     def __init__(self) -> None:
         self.applied: list[tuple[Event, bool, int | None]] = []
         self.settled: list[Event] = []
+        self.outcomes: list[Outcome] = []
 
     def apply(self, doc: str, event: Event, own: bool, decided: int | None) -> None:
         assert doc == DOC
         self.applied.append((event, own, decided))
 
-    def settle(self, doc: str, event: Event) -> None:
+    def settle(self, doc: str, event: Event, outcome: Outcome) -> None:
         self.settled.append(event)
+        self.outcomes.append(outcome)
 
 
 def cursor(n: int, conn: str = "x/1") -> Relayed:
@@ -65,7 +75,7 @@ def test_the_cut_splits_the_stream_exactly_once() -> None:
     gen = order.restart()
     mine_join, mine_leave = Joined("me/1", "u"), Left("me/2", "v")
     # Before the cut: someone else's cursor, and this instance's own join and leave.
-    order.receive(DOC, 4, [cursor(1), mine_join, mine_leave], [0, 0, 0], True, False, sink.apply)
+    order.receive(DOC, 4, [cursor(1), mine_join, mine_leave], [0, 2, 1], True, False, sink.apply)
     order.receive(DOC, 7, [cursor(2)], [0], False, False, sink.apply)
     assert order.cut_at(gen, 7)
     # After the cut: buffered until the state is installed.
@@ -75,6 +85,7 @@ def test_the_cut_splits_the_stream_exactly_once() -> None:
     assert sink.settled == [mine_leave]  # leaves before the state is installed ...
     assert order.go_live(DOC, 0, 0, sink.apply, sink.settle) is Signal.OK
     assert sink.settled == [mine_leave, mine_join]  # ... joins after
+    assert sink.outcomes == [Outcome.LEFT_LAST, Outcome.JOINED_FIRST]  # as Redis decided
     assert [e for e, _, _ in sink.applied] == [cursor(3)]
     assert order.phase is Phase.LIVE and order.applied == 8
 
@@ -160,3 +171,19 @@ def test_unapplied_own_events_are_what_a_fallback_applies_locally() -> None:
     order.receive(DOC, 4, [cursor(1, "me/1")], [0], True, False, sink.apply)  # after it
     order.receive(DOC, 5, [cursor(2, "x/1")], [0], False, False, sink.apply)  # not own
     assert order.unapplied_own() == [join, cursor(1, "me/1")]
+
+
+def test_what_redis_decided_reads_as_the_outcome_replicas_compute() -> None:
+    join, leave = Joined("x/1", "u"), Left("x/1", "u")
+    assert [outcome_of(join, d) for d in (0, 1, 2, 3)] == [
+        Outcome.JOINED_AGAIN,
+        Outcome.REJECTED_FULL,
+        Outcome.JOINED_FIRST,
+        Outcome.REJOINED,
+    ]
+    assert [outcome_of(leave, d) for d in (1, 0, -1)] == [
+        Outcome.LEFT_LAST,
+        Outcome.LEFT_OTHERS_REMAIN,
+        Outcome.IGNORED,
+    ]
+    assert [outcome_of(comment(1), d) for d in (5, -1)] == [Outcome.RELAYED, Outcome.IGNORED]

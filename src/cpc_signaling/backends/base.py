@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..core import DocumentState, Event
+from ..core.state import Outcome
 
 
 class BackendStartError(RuntimeError):
@@ -85,7 +86,11 @@ def _no_resync(state: DocumentState) -> None:
     return None
 
 
-def _no_settle(document_id: str, event: Event) -> None:
+def _no_settle(document_id: str, event: Event, outcome: Outcome | None) -> None:
+    return None
+
+
+def _no_unfollowed(document_id: str, event: Event, outcome: Outcome) -> None:
     return None
 
 
@@ -104,10 +109,14 @@ class BackendHooks:
     ``replica(doc)``: this instance's replica of a document (to re-register its
     local members after an outage). ``resync(state)``: replace a replica with
     one reloaded from the shared store, telling local members what changed
-    (``Hub.resync``). ``settle(doc, event)``: the local side only of this
+    (``Hub.resync``). ``settle(doc, event, outcome)``: the local side only of this
     instance's own Joined or Left that an installed state already contains
-    (``Hub.settle``). ``held()``: (document, connection, user) for every document
-    a local connection has joined and not left, whatever the shared state says (a
+    (``Hub.settle``; ``outcome``: what it did in the shared store, None if unknown).
+    ``unfollowed(doc, event, outcome)``: an event that originated here in a document
+    this instance does not follow (an API publish, a reap), with what it did: it
+    goes to no replica here, but the application may want to hear of it.
+    ``held()``: (document, connection, user) for every document a local connection
+    has joined and not left, whatever the shared state says (a
     survivor may have reaped them while this instance stalled): what a restore
     re-registers (``Hub.memberships``). ``live(conn)``: is this a local connection
     still open. ``order(order)``: another instance's :meth:`Backend.broadcast`.
@@ -116,10 +125,11 @@ class BackendHooks:
 
     replica: Callable[[str], DocumentState | None] = _no_replica
     resync: Callable[[DocumentState], None] = _no_resync
-    settle: Callable[[str, Event], None] = _no_settle
+    settle: Callable[[str, Event, Outcome | None], None] = _no_settle
     held: Callable[[], list[tuple[str, str, str]]] = _no_held
     live: Callable[[str], bool] = bool
     order: OrderSink = _no_order
+    unfollowed: Callable[[str, Event, Outcome], None] = _no_unfollowed
     metrics: BackendMetrics | None = None
 
 

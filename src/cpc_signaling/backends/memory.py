@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..core import DocumentState, Event, Joined, Left, Relayed
+from ..core import DocumentState, Event, Left, Relayed
 from ..core.state import DEFAULT_MAX_STORED_BYTES, STORED_KINDS, Outcome
 from .base import BackendHooks, BlockSink, EventSink
 
@@ -61,6 +61,17 @@ class MemoryBackend:
 # the very code every replica runs.
 
 
+DECIDED: dict[Outcome, int] = {  # what a shared store tells followers (redis/wire.py)
+    Outcome.JOINED_AGAIN: 0,
+    Outcome.REJECTED_FULL: 1,
+    Outcome.JOINED_FIRST: 2,
+    Outcome.REJOINED: 3,
+    Outcome.LEFT_OTHERS_REMAIN: 0,
+    Outcome.LEFT_LAST: 1,
+    Outcome.IGNORED: -1,  # a leave of no member
+}
+
+
 class MemoryBus:
     """The "Redis" of memory stores: canonical states, followers, inboxes."""
 
@@ -106,9 +117,9 @@ class MemoryStore:
         state.max_stored = self.max_stored
         state.max_stored_bytes = self.max_stored_bytes
         outcome = state.apply(event, max_members=self.max_members)
-        if type(event) is Joined:
-            return 1 if outcome is Outcome.REJECTED_FULL else 0
-        if type(event) is Relayed and event.kind in STORED_KINDS:
+        if type(event) is not Relayed:
+            return DECIDED[outcome]
+        if event.kind in STORED_KINDS:
             if outcome is not Outcome.RELAYED:
                 return -1
             appended = self.bus.appended.get(document_id, 0) + 1
@@ -159,10 +170,12 @@ class MemoryStore:
             if conn.rsplit("/", 1)[0] + "/" == prefix
         ]
         for document_id, event in leaves:
-            # The reaper's own follow sees these too (the origin is the reaper).
+            # Every follower gets them, and the reaper (their origin) whether it follows
+            # the document or not.
             state = self._state(document_id)
             decided = self._decide(document_id, state, event)
-            for follower in sorted(self.bus.followers.get(document_id, ())):
+            followers = self.bus.followers.get(document_id, set()) | {self.instance_id}
+            for follower in sorted(followers):
                 deliver = self.bus.inboxes.get(follower)
                 if deliver is not None:
                     deliver(document_id, state.seq, self.instance_id, [event], [decided])

@@ -36,6 +36,7 @@ from ..core import (
     Hub,
     Joined,
     Limits,
+    Outcome,
     Relayed,
     Send,
 )
@@ -483,9 +484,10 @@ class Service:
         if self.hub.released:
             self.following.detach_released()
 
-    def _on_settle(self, doc_id: str, event: Event) -> None:
+    def _on_settle(self, doc_id: str, event: Event, outcome: Outcome | None = None) -> None:
         """The local side of this instance's own join or leave that a reloaded state
-        already contains (the backend skipped its event): member, snapshot, acks."""
+        already contains (the backend skipped its event): member, snapshot, acks.
+        ``outcome``: what the event did in the shared store (None: not known)."""
         for send in self.hub.settle(doc_id, event):
             self._deliver(send)
         if self.hub.released:

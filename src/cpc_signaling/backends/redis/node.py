@@ -43,7 +43,7 @@ from ...core.state import STORED_KINDS
 from .options import NodeAddress
 from .resp import Connection, ConnectionLost, ReplyError
 from .store import Limits, Loaded, RedisStore
-from .stream import Ordering, Phase, Signal, reaped
+from .stream import Ordering, Phase, Signal, outcome_of, reaped
 from .wire import Batch, Channels, decode_acks, decode_batch
 
 if TYPE_CHECKING:
@@ -649,8 +649,10 @@ class Node:
         if state is None:
             return
         before = state.stored_bytes
-        state.apply(event, max_members=self.limits.max_members, decided=decided)
+        outcome = state.apply(event, max_members=self.limits.max_members, decided=decided)
         self._linger_bytes += state.stored_bytes - before
+        if own:
+            self.backend.hooks.unfollowed(document_id, event, outcome)
 
     async def load(self, document_id: str) -> DocumentState | None:
         store = self.store
@@ -758,22 +760,26 @@ class Node:
             return
         sink, linger = self.backend.sink, self._linger_apply
         docs = self.docs
+        hooks = self.backend.hooks
         for (document_id, events), ack in zip(
             flush.groups.items(), decode_acks(reply[1]), strict=True
         ):
             doc = docs.get(document_id)
-            if doc is not None:
-                signal = doc.order.receive(
-                    document_id,
-                    ack.first,
-                    events,
-                    ack.decided,
-                    True,
-                    False,
-                    sink if doc.lingering is None else linger,
-                )
-                if signal is not Signal.OK:
-                    self._signal(document_id, signal)
+            if doc is None:  # an API publish, say: to no replica here
+                for event, decided in zip(events, ack.decided, strict=True):
+                    hooks.unfollowed(document_id, event, outcome_of(event, decided))
+                continue
+            signal = doc.order.receive(
+                document_id,
+                ack.first,
+                events,
+                ack.decided,
+                True,
+                False,
+                sink if doc.lingering is None else linger,
+            )
+            if signal is not Signal.OK:
+                self._signal(document_id, signal)
         if self.queue:
             self._kick(self._urgent)
 
@@ -843,8 +849,11 @@ class Node:
         sink = self.backend.sink
         for block in batch.blocks:
             doc = docs.get(block.doc)
-            if doc is None:
-                continue  # not followed (any more)
+            if doc is None:  # not followed (any more); this instance's own reaps still count
+                if own and not internal:
+                    for event, decided in zip(block.events, block.decided, strict=True):
+                        self.backend.hooks.unfollowed(block.doc, event, outcome_of(event, decided))
+                continue
             if (
                 not own
                 and self.mode is Mode.UP

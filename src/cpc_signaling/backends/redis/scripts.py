@@ -215,7 +215,7 @@ end
 -- tag: R, J or L), with consecutive sequence numbers.
 -- Every follower gets them (the origin only when `ack` is false). Returns the
 -- ack block for the origin: msgpack [first_seq, [decided...]].
-local function group(doc, src, i, n, origin, ack, L)
+local function group(doc, src, i, n, origin, ack, L, to_origin)
   local key = P .. ':doc:' .. doc
   local fields, at = {'s', 'f'}, {}
   local k = i
@@ -273,7 +273,9 @@ local function group(doc, src, i, n, origin, ack, L)
       end
     elseif t == 74 then
       touched = true
+      d = 3  -- a member already: a repeated join
       if not member[conn] then
+        d = 0  -- another connection of a present user
         if count == nil then count = tonumber(redis.call('HGET', key, 'n')) or 0 end
         if count < L.max_members then
           count = count + 1
@@ -286,6 +288,7 @@ local function group(doc, src, i, n, origin, ack, L)
           put['u:' .. user] = u + 1
           gone['u:' .. user] = nil
           if u == 0 then
+            d = 2  -- the user's first connection: a user-level join
             redis.call('ZADD', key .. ':users', first + j - 1, user)
             if kind ~= '' then  -- a join's info rides in the kind field
               put['i:' .. user] = kind
@@ -303,7 +306,9 @@ local function group(doc, src, i, n, origin, ack, L)
       touched = true
       local owner = member[conn]
       redis.call('SREM', P .. ':inst:' .. instance_of(conn), doc .. ' ' .. conn)
+      d = -1  -- not a member: nothing to do
       if owner then
+        d = 0
         if owner ~= user then
           user = owner  -- a leave from the engine (re-registration) names no user
           packed = '\147\161L' .. mp_str(conn) .. mp_str(user)
@@ -321,6 +326,7 @@ local function group(doc, src, i, n, origin, ack, L)
         local u = (ucount[owner] or tonumber(redis.call('HGET', key, 'u:' .. owner)) or 0) - 1
         ucount[owner] = u
         if u <= 0 then
+          d = 1  -- the user's last connection: a user-level leave
           for _, f in ipairs({'u:' .. owner, 'i:' .. owner}) do
             put[f] = nil
             gone[f] = true
@@ -355,7 +361,11 @@ local function group(doc, src, i, n, origin, ack, L)
         full = '\148' .. mp_str(doc) .. head .. mp_arr(n) .. concat(evs) .. decs
       end
       deliver(f, full)
+      if f == origin then to_origin = false end
     end
+  end
+  if to_origin then  -- its own events (a reap), whether it follows the document or not
+    deliver(origin, full or ('\148' .. mp_str(doc) .. head .. mp_arr(n) .. concat(evs) .. decs))
   end
   return '\146' .. head .. decs
 end
@@ -424,7 +434,9 @@ local function reap(dead, reaper, L, batch)
       end
     end
   end
-  for _, doc in ipairs(docs) do group(doc, by_doc[doc], 1, #by_doc[doc] / 4, reaper, false, L) end
+  for _, doc in ipairs(docs) do
+    group(doc, by_doc[doc], 1, #by_doc[doc] / 4, reaper, false, L, true)
+  end
   local left = redis.call('SCARD', kinst)
   if left == 0 then
     for _, doc in ipairs(redis.call('SPOP', kfollows, batch)) do unfollow(doc, dead) end

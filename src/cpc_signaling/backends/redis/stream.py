@@ -26,14 +26,31 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 
-from ...core import Event, Left, Relayed
-from ...core.state import STORED_KINDS
+from ...core import Event, Joined, Left, Relayed
+from ...core.state import STORED_KINDS, Outcome
 
 Apply = Callable[[str, Event, bool, int | None], None]
 """The backend's sink: (document, event, own, decided)."""
 
-Settle = Callable[[str, Event], None]
-"""The local side of an own join or leave that the installed state already holds."""
+Settle = Callable[[str, Event, Outcome], None]
+"""The local side of an own join or leave that the installed state already holds
+(with what Redis decided for it)."""
+
+_JOINED = {0: Outcome.JOINED_AGAIN, 1: Outcome.REJECTED_FULL, 2: Outcome.JOINED_FIRST}
+_LEFT = {1: Outcome.LEFT_LAST, 0: Outcome.LEFT_OTHERS_REMAIN}
+
+
+def outcome_of(event: Event, decided: int) -> Outcome:
+    """What applying ``event`` did in Redis, from its ``decided`` value (``wire``)."""
+    if type(event) is Joined:
+        return _JOINED.get(decided, Outcome.REJOINED)
+    if type(event) is Left:
+        return _LEFT.get(decided, Outcome.IGNORED)
+    assert type(event) is Relayed
+    if event.kind in STORED_KINDS:
+        return Outcome.RELAYED if decided >= 0 else Outcome.IGNORED
+    return Outcome.RELAYED  # presence: Redis does not say; its members' replicas do
+
 
 MAX_BUFFERED = 50_000
 """Events one document may have waiting for its state; past that it reloads."""
@@ -66,8 +83,8 @@ class Ordering:
         # CUT: blocks newer than the cut, in arrival (= sequence) order.
         self.buffer: list[tuple[int, Sequence[Event], Sequence[int], bool, bool]] = []
         self.buffered = 0
-        # Own joins and leaves that the state to be installed holds.
-        self.settle: list[Event] = []
+        # Own joins and leaves that the state to be installed holds, with their outcome.
+        self.settle: list[tuple[Event, Outcome]] = []
         # The replica's stored messages: absolute index of the oldest, and how many.
         self.head = 0
         self.count = 0
@@ -75,9 +92,9 @@ class Ordering:
     def restart(self) -> int:
         """A (re)load of the document begins: back to LOADING. Returns the load's
         generation, which :meth:`cut_at` must be given."""
-        for _, events, _, own, internal in self.buffer:
+        for _, events, decided, own, internal in self.buffer:
             if own and not internal:
-                self._keep(events)
+                self._keep(events, decided)
         self.buffer = []
         self.buffered = 0
         self.phase = Phase.LOADING
@@ -93,10 +110,10 @@ class Ordering:
         self.cut = seq
         return True
 
-    def _keep(self, events: Sequence[Event]) -> None:
-        for event in events:
+    def _keep(self, events: Sequence[Event], decided: Sequence[int]) -> None:
+        for event, outcome in zip(events, decided, strict=True):
             if type(event) is not Relayed:
-                self.settle.append(event)
+                self.settle.append((event, outcome_of(event, outcome)))
 
     def receive(
         self,
@@ -120,11 +137,11 @@ class Ordering:
                 return Signal.WENT_BACK
             self.restart()  # a gap: this block is in the state the reload brings
             if own and not internal:
-                self._keep(events)
+                self._keep(events, decided)
             return Signal.RELOAD
         if phase is Phase.LOADING:
             if own and not internal:
-                self._keep(events)
+                self._keep(events, decided)
             return Signal.OK
         self.buffer.append((first, events, decided, own, internal))
         self.buffered += len(events)
@@ -157,11 +174,11 @@ class Ordering:
     def settle_leaves(self, doc: str, settle: Settle) -> None:
         """Before the state is installed: the local side of own leaves it holds."""
         keep = []
-        for event in self.settle:
+        for event, outcome in self.settle:
             if type(event) is Left:
-                settle(doc, event)
+                settle(doc, event, outcome)
             else:
-                keep.append(event)
+                keep.append((event, outcome))
         self.settle = keep
 
     def go_live(self, doc: str, head: int, count: int, apply: Apply, settle: Settle) -> Signal:
@@ -169,8 +186,8 @@ class Ordering:
         from absolute index ``head``): settle own joins it holds, then apply the
         blocks that came after the cut."""
         joins, self.settle = self.settle, []
-        for event in joins:
-            settle(doc, event)
+        for event, outcome in joins:
+            settle(doc, event, outcome)
         self.phase = Phase.LIVE
         self.applied = self.cut
         self.head, self.count = head, count
@@ -178,16 +195,16 @@ class Ordering:
         for n, (first, events, decided, own, internal) in enumerate(backlog):
             signal = self.receive(doc, first, events, decided, own, internal, apply)
             if signal is not Signal.OK:
-                for _, events, _, own, internal in backlog[n + 1 :]:
+                for _, events, decided, own, internal in backlog[n + 1 :]:
                     if own and not internal:
-                        self._keep(events)
+                        self._keep(events, decided)
                 return signal
         return Signal.OK
 
     def unapplied_own(self) -> list[Event]:
         """Own client events this instance has not applied (for a fallback to
         local sequencing): joins and leaves to settle, then newer own blocks."""
-        events = list(self.settle)
+        events = [event for event, _ in self.settle]
         for _, block, _, own, internal in self.buffer:
             if own and not internal:
                 events.extend(block)

@@ -14,9 +14,12 @@ into typed structs:
 * a flush's reply: ``[ack...]``, ack = ``[first_seq, [decided...]]``, one per
   document of the flush, in the order they were sent.
 
-``decided`` is what Redis decided per event: for a join 0 (accepted) or 1
-(document full); for a stored Annotation/Comment the absolute index of the
-oldest stored message once it was appended (-1: not stored); 0 otherwise.
+``decided`` is what Redis decided per event (``stream.outcome_of`` reads it): for
+a join 2 (the user's first connection), 0 (another connection of a present
+user), 3 (a member already) or 1 (refused: the document is full); for a leave 1
+(the user's last connection), 0 (others remain) or -1 (not a member); for a
+stored Annotation/Comment the absolute index of the oldest stored message once it
+was appended (-1: not stored); 0 for presence.
 """
 
 from __future__ import annotations
