@@ -24,6 +24,7 @@ class Answer:
     body: bytes = b""
     content_type: str = "text/plain"
     delay: float = 0.0
+    gate: asyncio.Event | None = None  # answer only once the test sets it
 
 
 @dataclass
@@ -54,6 +55,8 @@ async def receiving(path: str = "/hook") -> AsyncIterator[Receiver]:
             receiver.requests.append(got)
             receiver._arrived.notify_all()
         answer = receiver.answer(index, got)
+        if answer.gate is not None:
+            await answer.gate.wait()
         if answer.delay:
             await asyncio.sleep(answer.delay)
         return web.Response(
