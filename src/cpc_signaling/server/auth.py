@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ..protocol.ids import is_uuid
+from ..protocol.info import encode_info
 from .config import Config
 
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -53,6 +54,7 @@ class Identity:
     user_id: str
     allowed_documents: frozenset[str] | None  # None: any document
     expires_at: float  # Unix time after which the connection is closed (leeway included)
+    info: bytes = b""  # the `info` claim, canonical JSON (protocol.encode_info); empty: none
 
 
 class Authenticator:
@@ -166,7 +168,11 @@ class Authenticator:
                 raise AuthError("token `docs` claim must be a list of document_ids (UUIDs)")
             allowed = frozenset(d.lower() for d in docs)
         exp = claims["exp"]  # PyJWT checked it is a number
-        return Identity(sub.lower(), allowed, float(exp) + self.leeway)
+        try:
+            info = encode_info(claims.get("info"))
+        except ValueError as exc:
+            raise AuthError(f"token `info` claim {exc}") from None
+        return Identity(sub.lower(), allowed, float(exp) + self.leeway, info)
 
 
 def _safe(exc: Exception) -> str:
