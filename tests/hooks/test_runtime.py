@@ -90,3 +90,14 @@ async def test_webhooks_from_configuration(caplog: pytest.LogCaptureFixture) -> 
         finally:
             await runtime.close()
     assert "X-CPC-Signature" not in joins.requests[0].headers  # no secret: unsigned
+
+
+def test_a_bad_hook_option_is_a_one_line_startup_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from cpc_signaling.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--event-webhook", "localhost:9000/events"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--event-webhook must be an http:// or https:// URL" in err
+    assert "Traceback" not in err

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
+from ...core import DocumentState, Event, Joined, Left, Relayed
+from ...core.state import STORED_KINDS
+from ...protocol import LeaveDocument, encode
 from ..config import Config
 from .authorize import AuthorizeJoin, JoinAuthorizer, WebhookJoinCheck
 from .events import DeliverEvents, EventQueue, WebhookEventSink, make_event
@@ -64,6 +69,18 @@ def hooks_problem(config: Config, hooks: Hooks | None = None) -> str | None:
         if value < 0:
             return f"{flag} must be >= 0"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Before:
+    """A replica as it was before an event: the event connection's user if it was a
+    member, and whether the event's user was present."""
+
+    member: str | None
+    present: bool
+
+
+_FROM_API: Final = Before(None, False)
 
 
 class HookRuntime:
@@ -124,6 +141,8 @@ class HookRuntime:
                 backoff_max=config.event_webhook_backoff_max,
             )
         self._grace = config.event_webhook_timeout
+        self._join_url = _safe_url(config.join_webhook) if check is not None else None
+        self._event_url = _safe_url(config.event_webhook) if deliver is not None else None
         if (config.join_webhook or config.event_webhook) and not secret:
             log.warning(
                 "webhooks are not signed: set --webhook-secret so receivers can check "
@@ -131,14 +150,81 @@ class HookRuntime:
             )
 
     def start(self) -> None:
+        if self.authorizer is not None:
+            check = "a callable" if not self._join_url else f"webhook {self._join_url}"
+            log.info(
+                "join authorization: %s (timeout %gs, cache %gs, fail %s)",
+                check,
+                self.authorizer.timeout,
+                self.authorizer.cache_seconds,
+                "open" if self.authorizer.fail_open else "closed",
+            )
         if self.events is not None:
+            sink = "a callable" if not self._event_url else f"webhook {self._event_url}"
+            log.info(
+                "events: %s (queue %d, batches of %d)",
+                sink,
+                self.events.max_events,
+                self.events.batch_size,
+            )
             self.events.start()
+
+    def forget_user(self, user_id: str) -> None:
+        """The user was disconnected: their cached join answers go (asked again)."""
+        if self.authorizer is not None:
+            self.authorizer.forget_user(user_id)
 
     def emit(self, type: str, document_id: str, user_id: str, frame: bytes, source: str) -> None:
         """Queue one event for the application (never blocks)."""
         events = self.events
         if events is not None:
             events.put(make_event(type, document_id, user_id, frame, source))
+
+    # -- which sequenced events are events for the application --------------------
+    #
+    # The service reads the replica just before and just after it applies an event
+    # (``observe``, then ``applied``): a join is an event when it made the user
+    # present (their first connection), a leave when it made them absent (their
+    # last), an annotation or comment when it was accepted.
+
+    def observe(self, state: DocumentState | None, event: Event) -> Before | None:
+        """Before ``event`` is applied to ``state``: what ``applied`` needs, or None
+        when the event cannot be one for the application (presence)."""
+        if type(event) is Relayed:
+            if event.kind not in STORED_KINDS:
+                return None
+            if not event.conn:
+                return _FROM_API
+        member = state.conns.get(event.conn) if state is not None else None
+        present = state is not None and event.user in state.users
+        return Before(member, present)
+
+    def applied(
+        self, document_id: str, state: DocumentState | None, event: Event, before: Before
+    ) -> None:
+        """After ``event`` was applied (``state``: the replica now, None if dropped)."""
+        kind = type(event)
+        if kind is Joined:
+            if (
+                before.member is None
+                and not before.present
+                and state is not None
+                and state.conns.get(event.conn) == event.user
+            ):
+                self.emit("join", document_id, event.user, state.join_frame(event.user), "client")
+        elif kind is Left:
+            if before.member is not None and (state is None or event.user not in state.users):
+                frame = encode(LeaveDocument(document_id=document_id, user_id=event.user))
+                self.emit("leave", document_id, event.user, frame, "client")
+        else:
+            assert isinstance(event, Relayed)
+            if before is _FROM_API:
+                source = "api"
+            elif before.member == event.user:
+                source = "client"
+            else:
+                return  # not a member (any more): ignored by the replica too
+            self.emit(event.kind.lower(), document_id, event.user, event.frame, source)
 
     async def close(self) -> None:
         """Deliver what is queued (for up to ``--event-webhook-timeout``), then stop."""
@@ -148,3 +234,13 @@ class HookRuntime:
             await self.authorizer.close()
         for client in self._clients:
             await client.close()
+
+
+def _safe_url(url: str | None) -> str | None:
+    """``url`` for a log line: no credentials, no query string (either may hold a secret)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
