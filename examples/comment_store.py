@@ -143,8 +143,7 @@ def create_receiver(store: CommentStore, secret: str | None) -> web.Application:
         except sqlite3.Error as exc:
             log.error("could not store %d event(s): %s", len(batch.events), exc)
             return web.Response(status=500, text="storage failed\n")  # the server retries
-        if added:
-            log.info("stored %d new message(s)", added)
+        log.info("received %d event(s), stored %d new message(s)", len(batch.events), added)
         return web.Response(status=204)
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
