@@ -470,6 +470,8 @@ class Service:
         log.info("published %s", event.kind, extra={"document_id": doc_id, "user_id": event.user})
         if not self._submit(doc_id, event):
             raise Unavailable(f"backend {self.following.name} overloaded")
+        if self._emitting:
+            self.hooks.published(doc_id, event)
         return doc_id
 
     async def presence(self, document_id: str) -> list[PresentUser]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Final
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
@@ -78,9 +77,6 @@ class Before:
 
     member: str | None
     present: bool
-
-
-_FROM_API: Final = Before(None, False)
 
 
 class HookRuntime:
@@ -185,16 +181,16 @@ class HookRuntime:
     # The service reads the replica just before and just after it applies an event
     # (``observe``, then ``applied``): a join is an event when it made the user
     # present (their first connection), a leave when it made them absent (their
-    # last), an annotation or comment when it was accepted.
+    # last), an annotation or comment when it was accepted. An annotation or comment
+    # the server-side API publishes is emitted by ``published`` instead, when the
+    # backend takes it: the publishing instance may follow no member of the document,
+    # and then never applies it.
 
     def observe(self, state: DocumentState | None, event: Event) -> Before | None:
         """Before ``event`` is applied to ``state``: what ``applied`` needs, or None
         when the event cannot be one for the application (presence)."""
-        if type(event) is Relayed:
-            if event.kind not in STORED_KINDS:
-                return None
-            if not event.conn:
-                return _FROM_API
+        if type(event) is Relayed and (event.kind not in STORED_KINDS or not event.conn):
+            return None  # presence, or from the API (``published``)
         member = state.conns.get(event.conn) if state is not None else None
         present = state is not None and event.user in state.users
         return Before(member, present)
@@ -218,13 +214,13 @@ class HookRuntime:
                 self.emit("leave", document_id, event.user, frame, "client")
         else:
             assert isinstance(event, Relayed)
-            if before is _FROM_API:
-                source = "api"
-            elif before.member == event.user:
-                source = "client"
-            else:
-                return  # not a member (any more): ignored by the replica too
-            self.emit(event.kind.lower(), document_id, event.user, event.frame, source)
+            if before.member == event.user:  # else not a member: ignored by the replica too
+                self.emit(event.kind.lower(), document_id, event.user, event.frame, "client")
+
+    def published(self, document_id: str, event: Relayed) -> None:
+        """An annotation or comment the server-side API published on this instance (the
+        backend took it)."""
+        self.emit(event.kind.lower(), document_id, event.user, event.frame, "api")
 
     async def close(self) -> None:
         """Deliver what is queued (for up to ``--event-webhook-timeout``), then stop."""
