@@ -321,7 +321,11 @@ class SignalingApp:
             if body is None:
                 status, payload = 413, b"request body too large\n"
             else:
-                response = await handle_api(service, method, path, authorization, body)
+                client = scope.get("client")
+                remote = client[0] if client else None
+                response = await handle_api(
+                    service, method, path, authorization, body, remote=remote
+                )
                 await _respond(send, response.status, response.body, response.headers)
                 return
         elif method not in ("GET", "HEAD"):
