@@ -15,7 +15,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Without a pip of its own when this Python's pip can install into it (pip >= 22.3):
 # about 5 s less on a fresh clone, and a smaller venv. Otherwise a classic venv.
 $(BIN)/python:
-	if $(PYTHON) -m pip --python $(PYTHON) --version >/dev/null 2>&1; then \
+	if $(PYTHON) -m pip --python "$$(command -v $(PYTHON))" --version >/dev/null 2>&1; then \
 		$(PYTHON) -m venv --without-pip $(VENV); else $(PYTHON) -m venv $(VENV); fi
 
 # The package and its runtime dependencies only.
