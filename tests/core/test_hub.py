@@ -1,11 +1,24 @@
-"""The core without an event loop: every rule of CONTRACT §4, as state transitions."""
+"""The core without an event loop: every rule of joining, presence and leaving, as state
+transitions."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 import pytest
 
-from cpc_signaling.core import Connection, Hub, Limits, Send
+from cpc_signaling.core import (
+    Connection,
+    DocumentState,
+    Hub,
+    Joined,
+    Left,
+    Limits,
+    Outcome,
+    Send,
+)
+from cpc_signaling.core.state import presence_changes, replay, stored_author
 from cpc_signaling.protocol import (
     Annotation,
     Comment,
@@ -44,8 +57,10 @@ class World:
         self.inbox: dict[str, list[Message]] = {}
         self.conns: dict[str, Connection[str]] = {}
 
-    def connect(self, name: str, user: str | None = None) -> Connection[str]:
-        conn = self.hub.connect(name, user_id=user)
+    def connect(
+        self, name: str, user: str | None = None, info: bytes | None = None
+    ) -> Connection[str]:
+        conn = self.hub.connect(name, user_id=user, info=info)
         self.conns[name] = conn
         self.inbox[name] = []
         return conn
@@ -466,3 +481,422 @@ def test_stored_bytes_follow_the_per_document_bound() -> None:
         w.send("a", comment(DOC, ALICE, f"c{i}"))
     state = w.hub.documents[DOC]
     assert state.stored_bytes == sum(map(len, state.stored)) == w.hub.stored_bytes
+
+
+def ledger_is_consistent(hub: Hub[str]) -> None:
+    """Per-author totals add up to what the documents hold."""
+    per_author: dict[str, int] = {}
+    for state in hub.documents.values():
+        assert state.stored_bytes == sum(map(len, state.stored)) == sum(state.held.values())
+        for author, n in state.held.items():
+            per_author[author] = per_author.get(author, 0) + n
+    assert per_author == hub.held
+    assert sum(per_author.values()) == hub.stored_bytes
+
+
+def test_stored_bytes_per_document_budget_drops_the_oldest() -> None:
+    size = len(encode(comment(DOC, ALICE, "c0" + "x" * 100)))
+    w = World(Limits(max_stored_bytes_per_document=3 * size + 10))
+    w.connect("a")
+    w.send("a", join(DOC, ALICE))
+    for i in range(6):
+        w.send("a", comment(DOC, ALICE, f"c{i}" + "x" * 100))
+    state = w.hub.documents[DOC]
+    assert [stored_author(f) for f in state.stored] == [ALICE] * 3
+    assert state.stored_bytes == 3 * size == w.hub.stored_bytes
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    assert [m.content[:2] for m in w.take("b") if isinstance(m, Comment)] == ["c3", "c4", "c5"]
+    ledger_is_consistent(w.hub)
+
+
+def test_a_message_larger_than_the_document_budget_is_relayed_not_stored() -> None:
+    w = World(Limits(max_stored_bytes_per_document=100))
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.send("a", comment(DOC, ALICE, "small"))
+    w.take("b")
+    big = comment(DOC, ALICE, "x" * 200)
+    w.send("a", big)
+    assert w.take("b") == [big]
+    state = w.hub.documents[DOC]
+    assert list(state.stored) == [] and state.stored_bytes == 0 == w.hub.stored_bytes
+
+
+def test_load_stored_applies_both_bounds_oldest_first() -> None:
+    frames = [encode(comment(DOC, ALICE if i % 2 else BOB, f"c{i}")) for i in range(10)]
+    state = DocumentState(DOC, max_stored=5, max_stored_bytes=3 * len(frames[0]))
+    state.load_stored(frames)
+    assert list(state.stored) == frames[7:]
+    assert state.held == {ALICE: 2 * len(frames[0]), BOB: len(frames[0])}
+    state = DocumentState(DOC, max_stored=4)
+    state.load_stored(frames)
+    assert list(state.stored) == frames[6:]
+
+
+def test_drop_oldest_by_removes_only_that_authors_oldest() -> None:
+    state = DocumentState(DOC)
+    frames = [encode(comment(DOC, user, text)) for user, text in
+              ((BOB, "b0"), (ALICE, "a0"), (BOB, "b1"), (ALICE, "a1"))]  # fmt: skip
+    state.load_stored(frames)
+    assert state.drop_oldest_by(ALICE) == len(frames[1])
+    assert list(state.stored) == [frames[0], frames[2], frames[3]]
+    assert state.drop_oldest_by(CAROL) == 0
+    assert state.held == {BOB: len(frames[0]) + len(frames[2]), ALICE: len(frames[3])}
+
+
+def test_full_store_refuses_whoever_is_over_a_fair_share_and_makes_room_for_the_others() -> None:
+    size = len(encode(comment(DOC, ALICE, "x" * 100)))
+    w = World(Limits(max_stored_bytes=10 * size))
+    for name, user, doc in (("m", ALICE, DOC), ("b", BOB, DOC2), ("c", CAROL, DOC2)):
+        w.connect(name)
+        w.send(name, join(doc, user))
+    for i in range(10):  # Alice (the flooder here) fills the store
+        w.send("m", comment(DOC, ALICE, f"{i:02d}" + "x" * 98))
+    with pytest.raises(ProtocolError) as info:  # alone, her share is the whole store
+        w.send("m", comment(DOC, ALICE, "x" * 100))
+    assert info.value.code == ErrorCode.CONNECTION_ERROR
+    assert "fair share" in info.value.message
+    # Bob holds nothing: within his share (half the store). Alice's oldest makes room.
+    w.send("b", comment(DOC2, BOB, "b" * 100))
+    assert w.hub.stored_bytes == 10 * size
+    assert w.hub.held == {ALICE: 9 * size, BOB: size}
+    assert _decoder.decode(w.hub.documents[DOC].stored[0]) == comment(DOC, ALICE, "01" + "x" * 98)
+    # Alice stays refused while over her share (10 / 2 users = 5 messages' worth) ...
+    with pytest.raises(ProtocolError):
+        w.send("m", comment(DOC, ALICE, "x" * 100))
+    # ... while Bob and Carol may post up to theirs, displacing Alice's oldest.
+    for _ in range(2):
+        w.send("b", comment(DOC2, BOB, "b" * 100))
+    for _ in range(3):
+        w.send("c", comment(DOC2, CAROL, "c" * 100))
+    assert w.hub.held == {ALICE: 4 * size, BOB: 3 * size, CAROL: 3 * size}
+    ledger_is_consistent(w.hub)
+    # Carol's share is now 10 / 3 users = 3.33 messages: her fourth is refused.
+    with pytest.raises(ProtocolError) as info:
+        w.send("c", comment(DOC2, CAROL, "c" * 100))
+    assert "fair share" in info.value.message
+    w.take("b")
+    w.connect("late")
+    w.send("late", join(DOC, CAROL))
+    kept = [m.content[:2] for m in w.take("late") if isinstance(m, Comment)]
+    assert kept == ["06", "07", "08", "09"]  # Alice's newest four: the oldest went first
+    ledger_is_consistent(w.hub)
+
+
+def test_the_ledger_follows_dropped_idle_documents() -> None:
+    size = len(encode(comment(DOC, ALICE, "x" * 100)))
+    w = World(Limits(max_stored_bytes=4 * size))
+    w.connect("a")
+    w.connect("b")
+    w.send("a", join(DOC, ALICE))
+    for _ in range(3):
+        w.send("a", comment(DOC, ALICE, "x" * 100))
+    w.close("a")  # DOC is idle now
+    w.send("b", join(DOC2, BOB))
+    w.send("b", comment(DOC2, BOB, "x" * 100))
+    w.send("b", comment(DOC2, BOB, "x" * 100))  # the idle document goes first
+    assert DOC not in w.hub.documents
+    assert w.hub.held == {BOB: 2 * size}
+    ledger_is_consistent(w.hub)
+
+
+# -- user info ---------------------------------------------------------------------------
+
+
+ADA = {"name": "Ada", "color": "#e91e63"}
+ADA_BYTES = b'{"color":"#e91e63","name":"Ada"}'  # canonical: compact, keys sorted
+
+
+def join_with(doc: str, user: str, info: dict[str, Any] | None) -> JoinDocument:
+    return JoinDocument(document_id=doc, user_id=user, info=info)
+
+
+def test_info_rides_on_every_join_frame_about_the_user_and_the_ack() -> None:
+    w = World()
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    w.take("b")
+    w.connect("a")
+    w.send("a", join_with(DOC, ALICE, ADA))
+    assert w.take("a") == [join(DOC, BOB), join_with(DOC, ALICE, ADA)]  # the ack has it
+    assert w.take("b") == [join_with(DOC, ALICE, ADA)]  # the announcement has it
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert w.take("c") == [join(DOC, BOB), join_with(DOC, ALICE, ADA), join(DOC, CAROL)]
+    state = w.hub.documents[DOC]
+    assert state.users[ALICE].info == ADA_BYTES
+    assert state.users[ALICE].join_frame == (
+        b'{"JoinDocument":{"document_id":"%s","user_id":"%s","info":%s}}'
+        % (DOC.encode(), ALICE.encode(), ADA_BYTES)
+    )
+    # A user without info: the seed's frame, byte for byte (no "info" key at all).
+    assert state.users[BOB].join_frame == (
+        b'{"JoinDocument":{"document_id":"%s","user_id":"%s"}}' % (DOC.encode(), BOB.encode())
+    )
+
+
+def test_info_is_fixed_by_the_join_that_made_the_user_present() -> None:
+    w = World()
+    w.connect("b")
+    w.send("b", join(DOC, BOB))
+    w.connect("a1")
+    w.send("a1", join_with(DOC, ALICE, ADA))
+    w.connect("a2")
+    w.send("a2", join_with(DOC, ALICE, {"name": "Someone else"}))  # a second tab: ignored
+    assert w.take("a2")[-1] == join_with(DOC, ALICE, ADA)  # its ack says what others see
+    w.send("a1", join_with(DOC, ALICE, {"name": "Again"}))  # a repeated join: ignored too
+    assert w.take("a1")[-1] == join_with(DOC, ALICE, ADA)
+    w.close("a1")
+    w.close("a2")
+    w.take("b")
+    w.connect("a3")  # Alice left entirely: her next first join sets it anew
+    w.send("a3", join_with(DOC, ALICE, {"name": "Ada L."}))
+    assert w.take("b") == [join_with(DOC, ALICE, {"name": "Ada L."})]
+
+
+def test_a_token_info_wins_even_when_it_has_none() -> None:
+    w = World()
+    with_info = w.connect("a", ALICE, info=ADA_BYTES)
+    w.connect("b", BOB, info=b"")
+    doc, event = w.hub.receive(with_info, join_with(DOC, ALICE, {"name": "Mallory"}))
+    assert event == Joined(with_info.id, ALICE, ADA_BYTES)
+    w._deliver(w.hub.apply(doc, event))
+    assert w.take("a") == [join_with(DOC, ALICE, ADA)]
+    w.send("b", join_with(DOC, BOB, {"name": "Mallory"}))
+    assert w.take("b") == [join_with(DOC, ALICE, ADA), join(DOC, BOB)]
+    assert w.take("a") == [join(DOC, BOB)]
+
+
+def test_bad_info_from_python_is_a_parse_error_and_binds_nothing() -> None:
+    w = World()
+    conn = w.connect("a")
+    for bad in ({"x": "y" * 2000}, {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {
+            "j": {"k": {"l": {"m": {"n": {"o": {"p": {"q": 1}}}}}}}}}}}}}}}}}):  # fmt: skip
+        with pytest.raises(ProtocolError) as info:
+            w.send("a", join_with(DOC, ALICE, bad))
+        assert info.value.code == ErrorCode.PARSE_ERROR
+        assert "JoinDocument.info" in info.value.message
+    assert conn.user_id is None and not conn.joined
+    w.send("a", join(DOC, BOB))  # still free to join as anyone (open mode)
+    assert conn.user_id == BOB
+
+
+def test_restored_users_keep_their_info() -> None:
+    state = DocumentState(DOC)
+    state.restore_user(ALICE, ["i/1"], info=ADA_BYTES)
+    state.restore_user(BOB, ["i/2"])
+    frames = list(state.snapshot(CAROL))
+    assert [_decoder.decode(f) for f in frames] == [join_with(DOC, ALICE, ADA), join(DOC, BOB)]
+    assert frames[0].endswith(b',"info":' + ADA_BYTES + b"}}")
+
+
+# -- presence per connection -------------------------------------------------------------
+
+
+def two_tabs_and_bob() -> World:
+    w = World()
+    for name, user in (("a1", ALICE), ("a2", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    for name in ("a1", "a2", "b"):
+        w.take(name)
+    return w
+
+
+def test_a_closed_tabs_presence_goes_and_the_others_get_what_is_in_force() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a1", selection(DOC, ALICE, 1))
+    w.send("a2", cursor(DOC, ALICE, 2))  # the tab that moved last
+    w.take("b")
+    w.take("a1")
+    w.close("a2")
+    assert w.take("b") == [cursor(DOC, ALICE, 1)]  # the selection did not change: not sent
+    assert w.take("a1") == []  # nobody is told about their own user
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert w.take("c") == [
+        join(DOC, ALICE),
+        cursor(DOC, ALICE, 1),
+        selection(DOC, ALICE, 1),
+        join(DOC, BOB),
+        join(DOC, CAROL),
+    ]
+
+
+def test_an_explicit_leave_of_one_tab_is_the_same() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", status(DOC, ALICE, "online"))
+    w.send("a2", status(DOC, ALICE, "away"))
+    w.take("b")
+    w.take("a2")
+    w.send("a2", leave(DOC, ALICE))
+    assert w.take("a2") == [leave(DOC, ALICE)]
+    assert w.take("b") == [status(DOC, ALICE, "online")]
+
+
+def test_a_presence_update_in_force_again_is_sent_with_what_follows_it() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", presence(DOC, ALICE, 5))
+    w.send("a2", typing(DOC, ALICE, True))
+    w.send("a1", cursor(DOC, ALICE, 6))
+    w.take("b")
+    w.close("a2")
+    # The typing flag in force is the PresenceUpdate's again; re-sending it resets the
+    # cursor too, so the later cursor (unchanged itself) follows.
+    assert w.take("b") == [presence(DOC, ALICE, 5), cursor(DOC, ALICE, 6)]
+
+
+def test_nothing_is_sent_when_the_leaving_tab_changed_nothing_in_force() -> None:
+    w = two_tabs_and_bob()
+    w.send("a2", cursor(DOC, ALICE, 1))
+    w.send("a1", cursor(DOC, ALICE, 2))  # a1 overrides what a2 set
+    w.take("b")
+    w.close("a2")
+    assert w.take("b") == []
+    w.connect("a3")
+    w.send("a3", join(DOC, ALICE))
+    w.close("a3")  # a tab that never set presence
+    assert w.take("b") == []
+
+
+def test_a_kind_nobody_remaining_set_is_not_synthesized() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a2", status(DOC, ALICE, "busy"))
+    w.take("b")
+    w.close("a2")
+    assert w.take("b") == []  # Bob keeps "busy" as he last saw it (documented)
+    w.connect("c")
+    w.send("c", join(DOC, CAROL))
+    assert status(DOC, ALICE, "busy") not in w.take("c")  # a late joiner never sees it
+
+
+def test_the_last_connection_leaving_announces_the_leave_only() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a2", cursor(DOC, ALICE, 2))
+    w.take("b")
+    w.close("a2")
+    w.take("b")
+    w.close("a1")
+    assert w.take("b") == [leave(DOC, ALICE)]
+
+
+def framed(kind: str, n: int) -> bytes:
+    return f"{kind}:{n}".encode()
+
+
+def test_presence_changes_per_field() -> None:
+    pu, cur, sel, typ, st_ = (framed(k, 0) for k in ("PU", "C", "S", "T", "St"))
+    cur2 = framed("C", 2)
+
+    def in_force(*pairs: tuple[str, bytes]) -> dict[str, bytes]:
+        return dict(pairs)
+
+    # Same in force: nothing.
+    same = in_force(("CursorUpdate", cur), ("PresenceStatus", st_))
+    assert presence_changes(same, dict(same)) == []
+    # A field's setter changed: that frame.
+    assert presence_changes(in_force(("CursorUpdate", cur2)), in_force(("CursorUpdate", cur))) == [
+        cur
+    ]
+    # Identical bytes from another connection: nothing to tell.
+    assert presence_changes(in_force(("CursorUpdate", cur)), in_force(("CursorUpdate", cur))) == []
+    # The PresenceUpdate sets the cursor again (the later cursor that had overridden it is
+    # gone): it is sent, and the later frames it would reset follow it.
+    before = in_force(("PresenceUpdate", pu), ("CursorUpdate", cur2), ("TypingIndicator", typ))
+    after = in_force(("PresenceUpdate", pu), ("TypingIndicator", typ))
+    assert presence_changes(before, after) == [pu, typ]
+    # Status is independent of the rest.
+    before = in_force(("SelectionUpdate", sel), ("PresenceStatus", framed("St", 1)))
+    after = in_force(("SelectionUpdate", sel), ("PresenceStatus", st_))
+    assert presence_changes(before, after) == [st_]
+    # A field nobody sets any more: nothing synthesized.
+    assert presence_changes(in_force(("PresenceStatus", st_)), {}) == []
+
+
+def test_replay_is_latest_per_kind_in_seq_order_and_presence_update_supersedes() -> None:
+    assert replay(
+        [(3, "CursorUpdate", b"c3"), (1, "PresenceStatus", b"s1"), (2, "CursorUpdate", b"c2")]
+    ) == {
+        "PresenceStatus": b"s1",
+        "CursorUpdate": b"c3",
+    }
+    assert list(
+        replay(
+            [(1, "CursorUpdate", b"c"), (2, "PresenceUpdate", b"p"), (3, "TypingIndicator", b"t")]
+        ).items()
+    ) == [
+        ("PresenceUpdate", b"p"),
+        ("TypingIndicator", b"t"),
+    ]
+
+
+def test_per_connection_presence_round_trips_through_restore_in_any_order() -> None:
+    w = two_tabs_and_bob()
+    w.send("a1", cursor(DOC, ALICE, 1))
+    w.send("a2", presence(DOC, ALICE, 2))
+    w.send("a1", typing(DOC, ALICE))
+    w.send("a2", cursor(DOC, ALICE, 3))
+    w.send("b", status(DOC, BOB, "away"))
+    source = w.hub.documents[DOC]
+    recorded = list(source.connection_presence())
+    assert sorted((c.split("/")[1], seq, kind) for c, seq, kind, _ in recorded) == [
+        ("1", 4, "CursorUpdate"),  # seqs 1 to 3: the joins
+        ("1", 6, "TypingIndicator"),
+        ("2", 5, "PresenceUpdate"),
+        ("2", 7, "CursorUpdate"),
+        ("3", 8, "PresenceStatus"),
+    ]
+    copy = DocumentState(DOC, seq=source.seq)
+    for user in source.users.values():
+        copy.restore_user(user.user_id, sorted(user.conns), info=user.info)
+    for item in reversed(recorded):  # any order
+        copy.restore_presence(*item)
+    copy.restore_presence("i/99", 12, "CursorUpdate", b"not a member")  # ignored
+    for user_id, user in source.users.items():
+        assert copy.users[user_id].conns == user.conns
+        assert list(copy.users[user_id].presence.items()) == list(user.presence.items())
+    # Then both apply the same leave and agree on what the others are told.
+    a2 = w.conns["a2"].id
+    assert source.apply(Left(a2, ALICE), max_members=10) is Outcome.LEFT_OTHERS_REMAIN
+    assert copy.apply(Left(a2, ALICE), max_members=10) is Outcome.LEFT_OTHERS_REMAIN
+    # (Typing is a1's already in force; the selection only a2 set stays as last seen.)
+    assert source.reinstated == copy.reinstated == [encode(cursor(DOC, ALICE, 1))]
+
+
+def test_restore_presence_drops_what_a_later_message_superseded() -> None:
+    state = DocumentState(DOC)
+    state.restore_user(ALICE, ["i/1"])
+    state.restore_presence("i/1", 5, "PresenceUpdate", b"p5")
+    state.restore_presence("i/1", 3, "CursorUpdate", b"c3")  # older than the update: gone
+    state.restore_presence("i/1", 4, "PresenceUpdate", b"p4")  # older than p5: gone
+    state.restore_presence("i/1", 6, "SelectionUpdate", b"s6")
+    assert list(state.users[ALICE].presence.items()) == [
+        ("PresenceUpdate", b"p5"),
+        ("SelectionUpdate", b"s6"),
+    ]
+
+
+def test_restore_user_with_per_user_presence_keeps_its_order() -> None:
+    state = DocumentState(DOC)
+    state.restore_user(ALICE, ["i/2", "i/1"], [("PresenceStatus", b"s"), ("CursorUpdate", b"c")])
+    assert list(state.users[ALICE].presence.items()) == [
+        ("PresenceStatus", b"s"),
+        ("CursorUpdate", b"c"),
+    ]
+    assert state.users[ALICE].conns["i/2"]  # attributed to the first connection given
+
+
+def test_a_document_that_keeps_no_stored_messages_still_relays_them() -> None:
+    w = World(Limits(max_stored_per_document=0))
+    for name, user in (("a", ALICE), ("b", BOB)):
+        w.connect(name)
+        w.send(name, join(DOC, user))
+    w.take("b")
+    w.send("a", comment(DOC, ALICE, "live only"))
+    assert w.take("b") == [comment(DOC, ALICE, "live only")]
+    assert w.hub.documents[DOC].stored_bytes == 0 == w.hub.stored_bytes

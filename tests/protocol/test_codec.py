@@ -11,15 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cpc_signaling.protocol import (
+    MAX_INFO_BYTES,
+    MAX_INFO_DEPTH,
     MESSAGE_TYPES,
     CursorUpdate,
     Decoder,
     Error,
     ErrorCode,
+    JoinDocument,
     Message,
     Position,
     ProtocolError,
     encode,
+    encode_info,
 )
 
 DOC = "d0000000-0000-4000-8000-000000000000"
@@ -41,12 +45,21 @@ timestamps = st.sampled_from(
     ]
 )
 texts = st.text(min_size=1, max_size=50)
+# User info (an extension of JoinDocument): small JSON objects, well within 1 KiB.
+info_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+infos = st.dictionaries(st.text(max_size=8), info_values, min_size=1, max_size=4)
 
 
 def bodies() -> dict[str, st.SearchStrategy[dict[str, Any]]]:
     base = {"document_id": st.one_of(uuids, upper_uuids), "user_id": uuids}
     return {
-        "JoinDocument": st.fixed_dictionaries(base),
+        "JoinDocument": st.fixed_dictionaries(base, optional={"info": infos}),
         "LeaveDocument": st.fixed_dictionaries(base),
         "PresenceUpdate": st.fixed_dictionaries(
             {
@@ -121,11 +134,31 @@ def test_random_bytes_never_raise_anything_but_protocol_error(data: bytes) -> No
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)  # far beyond any int64/float
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=12), children, max_size=4)
+        | st.dictionaries(st.text(min_size=500, max_size=3000), children, max_size=2)  # long keys
     ),
     max_leaves=12,
+)
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    """JSON text nested ``depth`` deep: arrays and objects alternating."""
+    opening = "".join("[" if n % 2 else '{"k":' for n in range(depth))
+    closing = "".join("]" if n % 2 else "}" for n in reversed(range(depth)))
+    return opening + leaf + closing
+
+
+deep_json = st.integers(min_value=1, max_value=5000).map(nested)
+huge_numbers = st.sampled_from(
+    ["1" + "0" * 400, "-1e999", "1e999", "1" + "0" * 20, "0." + "0" * 500]
 )
 
 
@@ -138,6 +171,9 @@ def test_mutated_frames_never_raise_anything_but_protocol_error(
     mutated = {name: {**body, key: data.draw(json_values)}}
     _check_only_protocol_error(json.dumps(mutated))
     dropped = {name: {k: v for k, v in body.items() if k != key}}
+    if key == "info":  # the one optional field (an extension)
+        assert decoder.decode(json.dumps(dropped))
+        return
     with pytest.raises(ProtocolError) as info:
         decoder.decode(json.dumps(dropped))
     assert key in info.value.message  # the message names the missing field
@@ -156,6 +192,40 @@ def test_spliced_bytes_never_raise_anything_but_protocol_error(
 @given(json_values)
 def test_arbitrary_json_never_raises_anything_but_protocol_error(value: Any) -> None:
     _check_only_protocol_error(json.dumps(value))
+
+
+@given(valid_frames, st.data())
+def test_deep_nesting_and_huge_numbers_anywhere_are_parse_errors_or_ignored(
+    frame: dict[str, Any], data: st.DataObject
+) -> None:
+    ((name, body),) = frame.items()
+    value = data.draw(deep_json | huge_numbers)
+    key = data.draw(st.sampled_from([*sorted(body), "unknown_field"]))
+    raw = json.dumps({name: {k: "@" if k == key else v for k, v in body.items()} | {key: "@"}})
+    _check_only_protocol_error(raw.replace('"@"', value))
+    _check_only_protocol_error(value)
+    _check_only_protocol_error(f'{{"{name}": {value}}}')
+
+
+@pytest.mark.parametrize("depth", [1000, 3000, 100_000])
+def test_deep_nesting_is_a_parse_error_never_a_recursion_error(depth: int) -> None:
+    valid = body().decode()
+    for text in (
+        "[" * depth + "]" * depth,  # not an object
+        '{"CursorUpdate": ' + "[" * depth + "]" * depth + "}",
+        valid[:-2] + ', "extra": ' + nested(depth) + "}}",  # in an unknown field
+        nested(depth),
+    ):
+        with pytest.raises(ProtocolError) as info:
+            decoder.decode(text)
+        assert info.value.code == ErrorCode.PARSE_ERROR
+    assert decoder.decode(valid[:-2] + ', "extra": ' + nested(50) + "}}")  # shallow: ignored
+
+
+def test_a_frame_nested_3000_deep_names_the_problem() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decoder.decode('{"CursorUpdate": ' + nested(3000) + "}")
+    assert "nested too deeply" in info.value.message
 
 
 def body(**overrides: Any) -> bytes:
@@ -271,3 +341,65 @@ def test_every_type_is_tagged_externally() -> None:
         document_id=DOC, user_id=USER, position=Position(line=0, column=0), timestamp=TS
     )
     assert json.loads(encode(message)) == {"CursorUpdate": msgspec.to_builtins(message)}
+
+
+# -- user info (JoinDocument.info) -------------------------------------------------------
+
+
+def join_frame(info: str) -> str:
+    return f'{{"JoinDocument": {{"document_id": "{DOC}", "user_id": "{USER}", "info": {info}}}}}'
+
+
+def test_info_is_decoded_and_sent_only_when_present() -> None:
+    message = decoder.decode(join_frame('{"name": "Ada", "color": "#e91e63"}'))
+    assert isinstance(message, JoinDocument)
+    assert message.info == {"name": "Ada", "color": "#e91e63"}
+    assert encode(JoinDocument(document_id=DOC, user_id=USER)) == (
+        b'{"JoinDocument":{"document_id":"%s","user_id":"%s"}}' % (DOC.encode(), USER.encode())
+    )
+    for none in ("null", "{}"):  # no info: the seed's message
+        assert decoder.decode(join_frame(none)) == JoinDocument(document_id=DOC, user_id=USER)
+
+
+def test_info_canonical_encoding_sorts_keys_at_every_level() -> None:
+    assert encode_info({"b": 1, "a": {"d": [1, {"z": 0, "y": 1}], "c": None}}) == (
+        b'{"a":{"c":null,"d":[1,{"y":1,"z":0}]},"b":1}'
+    )
+    assert encode_info(None) == encode_info({}) == b""
+
+
+@pytest.mark.parametrize(
+    ("info", "fragment"),
+    [
+        ("[]", "Expected `object | null`, got `array`"),
+        ('"Ada"', "Expected `object | null`, got `str`"),
+        ("7", "Expected `object | null`, got `int`"),
+        ('{"name": "' + "x" * MAX_INFO_BYTES + '"}', f"at most {MAX_INFO_BYTES} bytes"),
+        ('{"a": ' * 17 + "1" + "}" * 17, f"nested at most {MAX_INFO_DEPTH} deep"),
+        ('{"a": [' + "[" * 20 + "]" * 20 + "]}", f"nested at most {MAX_INFO_DEPTH} deep"),
+        ('{"n": 1e999}', "JoinDocument.info"),
+    ],
+)
+def test_bad_info_is_a_parse_error_naming_the_field(info: str, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        decoder.decode(join_frame(info))
+    assert raised.value.code == ErrorCode.PARSE_ERROR
+    assert raised.value.message.startswith("JoinDocument.info")
+    assert fragment in raised.value.message
+
+
+def test_info_bound_is_on_the_canonical_encoding() -> None:
+    # Whitespace the client adds does not count; exactly 1024 bytes canonical is fine.
+    name = "x" * (MAX_INFO_BYTES - len('{"n":""}'))
+    assert len(encode_info({"n": name})) == MAX_INFO_BYTES
+    spaced = join_frame('{  "n"  :  "' + name + '"  }')
+    assert decoder.decode(spaced) == JoinDocument(document_id=DOC, user_id=USER, info={"n": name})
+    with pytest.raises(ProtocolError):
+        decoder.decode(join_frame('{"n": "' + name + 'x"}'))
+
+
+def test_info_on_other_messages_is_an_unknown_field() -> None:
+    raw = json.loads(body())
+    raw["CursorUpdate"]["info"] = {"name": "Ada"}
+    message = decoder.decode(json.dumps(raw))
+    assert b"info" not in encode(message)

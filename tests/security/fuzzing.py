@@ -49,9 +49,16 @@ _FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
 }
 
 
+_INFO = st.dictionaries(
+    st.text(max_size=8), st.text(max_size=20) | st.integers() | st.booleans(), max_size=4
+)
+_OPTIONAL: dict[str, dict[str, st.SearchStrategy[Any]]] = {"JoinDocument": {"info": _INFO}}
+
+
 def _message(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     fields = {"document_id": uuids, "user_id": uuids, **_FIELDS[kind]}
-    return st.fixed_dictionaries({kind: st.fixed_dictionaries(fields)})
+    body = st.fixed_dictionaries(fields, optional=_OPTIONAL.get(kind, {}))
+    return st.fixed_dictionaries({kind: body})
 
 
 valid_messages = st.one_of([_message(kind) for kind in _FIELDS])
@@ -60,13 +67,49 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=-(10**400), max_value=10**400)  # huge numbers
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        | st.dictionaries(st.text(min_size=500, max_size=3000), inner, max_size=2)  # long keys
     ),
     max_leaves=12,
 )
+
+
+def _nested(depth: int) -> str:
+    """JSON text nested ``depth`` deep (arrays and objects alternating)."""
+    opening = "".join("[" if n % 2 else '{"k":' for n in range(depth))
+    closing = "".join("]" if n % 2 else "}" for n in reversed(range(depth)))
+    return opening + "0" + closing
+
+
+_NUMBER_TEXTS = ("1" + "0" * 400, "-1e999", "1e999", "1" + "0" * 20, "0." + "0" * 500 + "1")
+
+
+@st.composite
+def hostile_values(draw: st.DrawFn) -> str:
+    """JSON text of a value no decoder should choke on: deep nesting (up to 3000, about
+    6 KB: past the decoder's recursion limit) or numbers far beyond any float/int64."""
+    if draw(st.booleans()):
+        return _nested(draw(st.integers(min_value=1, max_value=3000)))
+    return draw(st.sampled_from(_NUMBER_TEXTS))
+
+
+@st.composite
+def hostile_mutants(draw: st.DrawFn) -> str:
+    """A valid message with one field (or an added one) replaced by a hostile value."""
+    message = draw(valid_messages)
+    ((kind, body),) = message.items()
+    key = draw(st.sampled_from(sorted(body)) | st.text(min_size=1, max_size=3000))
+    body[key] = "@HOSTILE@"
+    text = json.dumps(message)
+    value = draw(hostile_values())
+    if draw(st.booleans()):
+        return text.replace('"@HOSTILE@"', value)
+    return f'{{"{kind}": {value}}}'  # the whole body
 
 
 @st.composite
@@ -118,6 +161,7 @@ any_frames: st.SearchStrategy[bytes | str] = st.one_of(
     valid_messages.map(json.dumps),
     structural_mutants(),
     byte_mutants(),
+    hostile_mutants(),
 )
 """Anything a client could send in a frame (bytes: its payload as is)."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core import DocumentState, Event, Left
+from ..core.state import DEFAULT_MAX_STORED_BYTES
 from .base import BackendHooks, EnvelopeSink, EventSink
 
 
@@ -98,17 +99,21 @@ class MemoryPresenceStore:
         instance_id: str = "memory",
         max_members: int = 1000,
         max_stored: int = 1000,
+        max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES,
     ) -> None:
         self.bus = bus
         self.instance_id = instance_id
         self.max_members = max_members
         self.max_stored = max_stored
+        self.max_stored_bytes = max_stored_bytes
         self.documents: dict[str, DocumentState] = {}
 
     def _state(self, document_id: str) -> DocumentState:
         state = self.documents.get(document_id)
         if state is None:
-            state = DocumentState(document_id, max_stored=self.max_stored)
+            state = DocumentState(
+                document_id, max_stored=self.max_stored, max_stored_bytes=self.max_stored_bytes
+            )
             self.documents[document_id] = state
         return state
 
@@ -123,10 +128,17 @@ class MemoryPresenceStore:
 
     async def load(self, document_id: str) -> DocumentState:
         source = self._state(document_id)
-        copy = DocumentState(document_id, max_stored=self.max_stored, seq=source.seq)
+        copy = DocumentState(
+            document_id,
+            max_stored=self.max_stored,
+            max_stored_bytes=self.max_stored_bytes,
+            seq=source.seq,
+        )
         for user in source.users.values():
-            copy.restore_user(user.user_id, sorted(user.conns), user.presence.items())
-        copy.stored.extend(source.stored)
+            copy.restore_user(user.user_id, sorted(user.conns), info=user.info)
+        for conn, seq, kind, frame in source.connection_presence():
+            copy.restore_presence(conn, seq, kind, frame)
+        copy.load_stored(source.stored)
         return copy
 
     async def reap(self, instance_id: str) -> int:

@@ -1,4 +1,4 @@
-"""The per-connection error budget of CONTRACT §2, as a pure object fed with ``now``."""
+"""The per-connection error budget (docs/protocol.md, errors), as a pure object fed with ``now``."""
 
 from __future__ import annotations
 

@@ -17,10 +17,17 @@ import msgspec
 
 
 class Joined(msgspec.Struct, frozen=True, tag="J", array_like=True, gc=False):
-    """Connection ``conn`` of ``user`` joined (or re-joined) the document."""
+    """Connection ``conn`` of ``user`` joined (or re-joined) the document.
+
+    ``info`` is the user info this join carries: the canonical JSON of the object
+    (``protocol.encode_info``), or empty for none. It becomes the user's info only
+    if this join makes the user present (their first connection in the document);
+    otherwise the info of the join that did stays until the user leaves entirely.
+    """
 
     conn: str
     user: str
+    info: bytes = b""
 
 
 class Left(msgspec.Struct, frozen=True, tag="L", array_like=True, gc=False):

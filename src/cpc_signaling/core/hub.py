@@ -26,9 +26,17 @@ from ..protocol import (
     LeaveDocument,
     ProtocolError,
     encode,
+    encode_info,
 )
 from .events import Event, Joined, Left, Relayed
-from .state import PRESENCE_KINDS, DocumentState, Outcome
+from .state import (
+    DEFAULT_MAX_STORED_BYTES,
+    PRESENCE_KINDS,
+    STORED_KINDS,
+    DocumentState,
+    Outcome,
+    presence_changes,
+)
 
 P = TypeVar("P")
 
@@ -43,6 +51,7 @@ class Limits:
     max_documents_per_connection: int = 100
     max_members_per_document: int = 1000
     max_stored_per_document: int = 1000
+    max_stored_bytes_per_document: int = DEFAULT_MAX_STORED_BYTES
     max_documents: int = 100_000
     max_stored_bytes: int = 256 << 20
 
@@ -64,9 +73,13 @@ class Send(Generic[P]):
 
 
 class Connection(Generic[P]):
-    """A local connection as the hub sees it."""
+    """A local connection as the hub sees it.
 
-    __slots__ = ("allowed_documents", "id", "joined", "peer", "user_id")
+    ``info``: the user info its joins carry, canonical JSON (empty: none) when a
+    token decided it; None in open mode, where each JoinDocument's own ``info`` counts.
+    """
+
+    __slots__ = ("allowed_documents", "id", "info", "joined", "peer", "user_id")
 
     def __init__(
         self,
@@ -74,11 +87,13 @@ class Connection(Generic[P]):
         peer: P,
         user_id: str | None,
         allowed_documents: frozenset[str] | None,
+        info: bytes | None = None,
     ) -> None:
         self.id = conn_id
         self.peer = peer
         self.user_id = user_id
         self.allowed_documents = allowed_documents
+        self.info = info
         # Documents joined or being joined (the join may still be in the backend).
         self.joined: set[str] = set()
 
@@ -109,6 +124,10 @@ class Hub(Generic[P]):
         # Documents kept only for their stored messages, least recently active first.
         self._idle: OrderedDict[str, None] = OrderedDict()
         self.stored_bytes = 0  # annotations and comments held, over all documents
+        # Who holds those bytes (retain_idle only: the memory backend's process-wide
+        # budget): author -> bytes, and author -> document -> bytes.
+        self.held: dict[str, int] = {}
+        self._held_in: dict[str, dict[str, int]] = {}
         self._ids = itertools.count(1)
         # document -> local connections that joined or are joining it.
         self.local_refs: dict[str, int] = {}
@@ -124,9 +143,17 @@ class Hub(Generic[P]):
         *,
         user_id: str | None = None,
         allowed_documents: frozenset[str] | None = None,
+        info: bytes | None = None,
     ) -> Connection[P]:
-        """Register a new local connection; ``user_id`` is set when a token bound it."""
-        conn = Connection(f"{self.instance_id}/{next(self._ids)}", peer, user_id, allowed_documents)
+        """Register a new local connection; ``user_id`` is set when a token bound it.
+
+        ``info``: the user info a token gave (canonical JSON, ``protocol.encode_info``;
+        empty when the token has none); the client's own is then ignored. None (no
+        token): each JoinDocument's ``info`` is the one its join carries.
+        """
+        conn = Connection(
+            f"{self.instance_id}/{next(self._ids)}", peer, user_id, allowed_documents, info
+        )
         self.connections[conn.id] = conn
         return conn
 
@@ -164,7 +191,6 @@ class Hub(Generic[P]):
         if conn.user_id is None:
             if type(message) is not JoinDocument:
                 raise ProtocolError(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
-            conn.user_id = message.user_id  # open mode: the first join binds the user
         elif message.user_id != conn.user_id:
             raise ProtocolError(
                 ErrorCode.AUTH_ERROR,
@@ -172,7 +198,11 @@ class Hub(Generic[P]):
             )
         kind = type(message)
         if kind is JoinDocument:
-            return doc_id, self._check_join(conn, doc_id)
+            assert isinstance(message, JoinDocument)
+            joined = self._check_join(conn, doc_id, message)
+            conn.user_id = message.user_id  # open mode: the first join binds the user
+            return doc_id, joined
+        assert conn.user_id is not None
         if doc_id not in conn.joined:
             raise ProtocolError(ErrorCode.DOCUMENT_ERROR, f"not joined to document {doc_id}")
         if kind is LeaveDocument:
@@ -180,18 +210,25 @@ class Hub(Generic[P]):
             return doc_id, Left(conn.id, conn.user_id)
         frame = encode(message)
         if self.retain_idle and (kind is Annotation or kind is Comment):
-            self._make_room(len(frame))
+            self._make_room(len(frame), conn.user_id)
         return doc_id, Relayed(conn.id, conn.user_id, kind.__name__, frame)
 
     def publish(self, message: Annotation | Comment) -> tuple[str, Relayed]:
         """An Annotation or Comment from the server itself (its API), not from a member."""
         frame = encode(message)
         if self.retain_idle:
-            self._make_room(len(frame))
+            self._make_room(len(frame), message.user_id)
         return message.document_id, Relayed("", message.user_id, type(message).__name__, frame)
 
-    def _check_join(self, conn: Connection[P], doc_id: str) -> Joined:
-        assert conn.user_id is not None
+    def _check_join(self, conn: Connection[P], doc_id: str, message: JoinDocument) -> Joined:
+        """The Joined a JoinDocument makes (``message.user_id`` is the connection's user,
+        or will be: nothing is bound or claimed when this raises)."""
+        info = conn.info
+        if info is None:
+            try:
+                info = encode_info(message.info)
+            except ValueError as exc:
+                raise ProtocolError(ErrorCode.PARSE_ERROR, f"JoinDocument.info: {exc}") from None
         allowed = conn.allowed_documents
         if allowed is not None and doc_id not in allowed:
             raise ProtocolError(ErrorCode.AUTH_ERROR, f"this token may not join document {doc_id}")
@@ -203,7 +240,7 @@ class Hub(Generic[P]):
                     f"{self.limits.max_documents_per_connection} documents",
                 )
             self._claim(conn, doc_id)
-        return Joined(conn.id, conn.user_id)
+        return Joined(conn.id, message.user_id, info)
 
     # -- sequenced events ----------------------------------------------------
 
@@ -211,7 +248,11 @@ class Hub(Generic[P]):
         """The replica of ``doc_id``, created empty if this hub has none."""
         state = self.documents.get(doc_id)
         if state is None:
-            state = DocumentState(doc_id, max_stored=self.limits.max_stored_per_document)
+            state = DocumentState(
+                doc_id,
+                max_stored=self.limits.max_stored_per_document,
+                max_stored_bytes=self.limits.max_stored_bytes_per_document,
+            )
             self.documents[doc_id] = state
         else:
             self._idle.pop(doc_id, None)
@@ -221,6 +262,8 @@ class Hub(Generic[P]):
         """Replace a replica with one loaded from a shared store (seq included)."""
         old = self.documents.get(state.document_id)
         self.stored_bytes += state.stored_bytes - (old.stored_bytes if old is not None else 0)
+        if self.retain_idle:
+            self._account(state.document_id, old.held if old is not None else {}, state.held)
         self.documents[state.document_id] = state
         self._idle.pop(state.document_id, None)
 
@@ -236,11 +279,7 @@ class Hub(Generic[P]):
         sends: list[Send[P]] = []
 
         def others(user_id: str) -> list[P]:
-            return [
-                peer
-                for conn_id, peer in members.items()
-                if (c := self.connections.get(conn_id)) is not None and c.user_id != user_id
-            ]
+            return self._others_than(members, user_id)
 
         for user_id in old_users:
             if user_id not in state.users and (peers := others(user_id)):
@@ -251,8 +290,7 @@ class Hub(Generic[P]):
                 frames = [user.join_frame, *user.presence.values()]
                 kind = "JoinDocument"
             else:
-                known = set(before.presence.values())
-                frames = [f for f in user.presence.values() if f not in known]
+                frames = presence_changes(before.presence, user.presence)
                 kind = "presence"
             if frames and (peers := others(user_id)):
                 sends.append(Send(peers, frames, kind))
@@ -322,7 +360,12 @@ class Hub(Generic[P]):
         """Apply a sequenced event; return what local peers must be sent."""
         state = self.document(doc_id)
         stored_before = state.stored_bytes
-        outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+        if type(event) is Relayed and event.kind in STORED_KINDS and self.retain_idle:
+            held_before = dict(state.held)
+            outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+            self._account(doc_id, held_before, state.held)
+        else:
+            outcome = state.apply(event, max_members=self.limits.max_members_per_document)
         self.stored_bytes += state.stored_bytes - stored_before
         conn = self.connections.get(event.conn)
         if conn is not None and doc_id not in conn.joined and type(event) is not Left:
@@ -354,8 +397,15 @@ class Hub(Generic[P]):
             leave = state.leave_frame(event.user)
             if conn is not None:
                 sends.append(Send((conn.peer,), (leave,), "LeaveDocument"))  # the ack
-            if outcome is Outcome.LEFT_LAST and members:
-                sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
+            if outcome is Outcome.LEFT_LAST:
+                if members:
+                    sends.append(Send(list(members.values()), (leave,), "LeaveDocument"))
+            elif state.reinstated and members:
+                # The user stays, and what the leaving connection set went with it: the
+                # others are sent the user's presence now in force that differs.
+                peers = self._others_than(members, event.user)
+                if peers:
+                    sends.append(Send(peers, state.reinstated, "presence"))
         elif outcome is Outcome.IGNORED and type(event) is Left and conn is not None:
             # A leave sent while its join was in flight, and the join was then refused:
             # still acknowledged, as every LeaveDocument the hub accepted is.
@@ -366,6 +416,15 @@ class Hub(Generic[P]):
         if not state.conns:
             self._forget_if_idle(state)
         return sends
+
+    def _others_than(self, members: dict[str, P], user_id: str) -> list[P]:
+        """The peers of local members whose user is not ``user_id`` (nobody is told
+        about their own user's presence, as in snapshots)."""
+        return [
+            peer
+            for conn_id, peer in members.items()
+            if (c := self.connections.get(conn_id)) is not None and c.user_id != user_id
+        ]
 
     def _forget_if_idle(self, state: DocumentState) -> None:
         doc_id = state.document_id
@@ -385,13 +444,71 @@ class Hub(Generic[P]):
         self._idle.pop(doc_id, None)
         if state is not None:
             self.stored_bytes -= state.stored_bytes
+            if self.retain_idle:
+                self._account(doc_id, state.held, {})
 
-    def _make_room(self, nbytes: int) -> None:
-        """Keep stored messages within ``max_stored_bytes`` (memory backend): drop the
-        least recently active idle documents, else refuse the new message."""
+    def _account(self, doc_id: str, before: dict[str, int], after: dict[str, int]) -> None:
+        """Move the per-author totals from a document's ``held`` before to after."""
+        for user in before.keys() | after.keys():
+            delta = after.get(user, 0) - before.get(user, 0)
+            if delta:
+                self._credit(user, doc_id, delta)
+
+    def _credit(self, user: str, doc_id: str, delta: int) -> None:
+        total = self.held.get(user, 0) + delta
+        docs = self._held_in.setdefault(user, {})
+        here = docs.get(doc_id, 0) + delta
+        if here:
+            docs[doc_id] = here
+        else:
+            docs.pop(doc_id, None)
+        if total:
+            self.held[user] = total
+        else:
+            del self.held[user]
+            del self._held_in[user]
+
+    def _make_room(self, nbytes: int, user: str) -> None:
+        """Keep stored messages within ``max_stored_bytes`` (memory backend), fairly.
+
+        When ``nbytes`` more of ``user``'s would not fit:
+
+        1. the least recently active idle documents (no members) are dropped first;
+        2. if it still does not fit, the fair share is the budget divided by the
+           number of users holding stored messages (``user`` counted in). A user
+           whose holding would exceed it is refused (CONNECTION_ERROR): whoever
+           floods is stopped, not everyone else;
+        3. a user within it gets the room: the oldest stored messages of whoever
+           holds the most (at least a fair share, since the store is full) go, one
+           at a time, from the document where that user holds the most.
+        """
         budget = self.limits.max_stored_bytes
+        if self.stored_bytes + nbytes <= budget:
+            return
         while self.stored_bytes + nbytes > budget and self._idle:
             self._drop(next(iter(self._idle)))
+        if self.stored_bytes + nbytes <= budget:
+            return
+        held = self.held
+        holders = len(held) + (user not in held)
+        share = budget // holders
+        if held.get(user, 0) + nbytes > share:
+            raise ProtocolError(
+                ErrorCode.CONNECTION_ERROR,
+                "the server's storage for annotations and comments is full, and this user "
+                f"holds more than a fair share of it ({share} bytes); try later",
+            )
+        while self.stored_bytes + nbytes > budget:
+            victim = max(((n, u) for u, n in held.items() if u != user), default=None)
+            if victim is None:
+                break
+            docs = self._held_in[victim[1]]
+            doc_id = max(docs, key=lambda d: (docs[d], d))
+            freed = self.documents[doc_id].drop_oldest_by(victim[1])
+            if not freed:
+                break  # (cannot happen: the ledger says it holds bytes there)
+            self.stored_bytes -= freed
+            self._credit(victim[1], doc_id, -freed)
         if self.stored_bytes + nbytes > budget:
             raise ProtocolError(
                 ErrorCode.CONNECTION_ERROR,

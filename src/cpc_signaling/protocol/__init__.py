@@ -2,6 +2,7 @@
 
 from .codec import DEFAULT_MAX_CONTENT_CHARS, Decoder, ProtocolError, encode
 from .ids import canonical_uuid, is_uuid
+from .info import MAX_INFO_BYTES, MAX_INFO_DEPTH, encode_info
 from .messages import (
     MESSAGE_TYPES,
     Annotation,
@@ -25,6 +26,8 @@ from .messages import (
 
 __all__ = [
     "DEFAULT_MAX_CONTENT_CHARS",
+    "MAX_INFO_BYTES",
+    "MAX_INFO_DEPTH",
     "MESSAGE_TYPES",
     "Annotation",
     "Comment",
@@ -47,5 +50,6 @@ __all__ = [
     "TypingIndicator",
     "canonical_uuid",
     "encode",
+    "encode_info",
     "is_uuid",
 ]

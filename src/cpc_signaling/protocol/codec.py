@@ -4,7 +4,9 @@ The wire format is one JSON object per text frame, externally tagged:
 ``{"CursorUpdate": {...}}``. Decoding is two msgspec passes: the outer object
 into ``{name: Raw}`` (the inner value is only skipped, not parsed), then the
 inner value into the struct its name selects. Every failure, whatever its
-cause, surfaces as :class:`ProtocolError` with a message that names the field.
+cause, surfaces as :class:`ProtocolError` with a message that names the field:
+that includes JSON nested deeper than the decoder's recursion allows (msgspec
+raises ``RecursionError`` for it), so no frame can escape as an exception.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Final
 
 import msgspec
 
+from .info import encode_info
 from .messages import (
     MESSAGE_TYPES,
     TIMESTAMP_PATTERN,
@@ -23,6 +26,7 @@ from .messages import (
     DocumentMessage,
     Error,
     ErrorCode,
+    JoinDocument,
     Message,
 )
 
@@ -33,6 +37,7 @@ _PATTERN_MEANINGS: Final = (
     (UUID_PATTERN, "a UUID string (8-4-4-4-12 hex digits)"),
     (TIMESTAMP_PATTERN, "an RFC 3339 date-time with an offset or `Z`"),
 )
+_TOO_DEEP: Final = "JSON nested too deeply"
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
@@ -51,6 +56,11 @@ class ProtocolError(Exception):
 
 def _parse_error(message: str) -> ProtocolError:
     return ProtocolError(ErrorCode.PARSE_ERROR, message)
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """A client-chosen name, cut to ``limit`` characters for an error message."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _describe(exc: msgspec.MsgspecError, type_name: str) -> str:
@@ -91,6 +101,8 @@ class Decoder:
         """Decode one frame. Raises :class:`ProtocolError` and nothing else."""
         try:
             outer = self._outer.decode(data)
+        except RecursionError:
+            raise _parse_error(_TOO_DEEP) from None
         except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: invalid UTF-8
             text = str(exc) if isinstance(exc, msgspec.MsgspecError) else "invalid UTF-8"
             if text.startswith("Expected `object`, got"):
@@ -99,20 +111,28 @@ class Decoder:
                 )
             raise _parse_error(text) from None
         if len(outer) != 1:
-            keys = ", ".join(sorted(outer)) or "none"
+            # Keys are the client's: shortened, and a few only (an error stays small).
+            names = sorted(outer)
+            keys = ", ".join(_short(k) for k in names[:5]) or "none"
+            if len(names) > 5:
+                keys += f" and {len(names) - 5} more"
             raise _parse_error(
                 f"a message must have exactly one type key ({_TYPE_NAMES}); got {keys}"
             )
         ((name, raw),) = outer.items()
         decoder = self._inner.get(name)
         if decoder is None:
-            raise _parse_error(f"unknown message type `{name[:64]}`; expected one of {_TYPE_NAMES}")
+            raise _parse_error(
+                f"unknown message type `{_short(name)}`; expected one of {_TYPE_NAMES}"
+            )
         try:
             message = decoder.decode(raw)
         except msgspec.MsgspecError as exc:
             raise _parse_error(_describe(exc, name)) from None
         except ValueError:
             raise _parse_error(f"{name}: invalid UTF-8") from None
+        except RecursionError:
+            raise _parse_error(f"{name}: {_TOO_DEEP}") from None
         if isinstance(message, Error):
             if self._accept_errors:
                 return message
@@ -134,6 +154,13 @@ class Decoder:
                 f"{type(message).__name__}.content: longer than "
                 f"{self._max_content_chars} characters"
             )
+        if type(message) is JoinDocument and message.info is not None:
+            try:
+                has_info = bool(encode_info(message.info))
+            except ValueError as exc:
+                raise _parse_error(f"JoinDocument.info: {exc}") from None
+            if not has_info:  # {}: no info
+                message = msgspec.structs.replace(message, info=None)
         doc, user = message.document_id, message.user_id
         if not (doc.islower() and user.islower()):
             # Canonical form: lowercase. (A UUID of digits only is not "islower".)

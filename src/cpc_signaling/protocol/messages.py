@@ -8,7 +8,7 @@ codec after decoding.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -41,9 +41,16 @@ class Selection(msgspec.Struct, frozen=True, gc=False):
     end: Position
 
 
-class JoinDocument(msgspec.Struct, frozen=True, gc=False):
+class JoinDocument(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """``info`` (an extension): who the user is, a JSON object (``protocol.info``).
+
+    On the wire only when the user has info: a seed-only peer sees the seed's
+    message. The codec checks its bounds; the server sends it canonical.
+    """
+
     document_id: UUIDStr
     user_id: UUIDStr
+    info: dict[str, Any] | None = None
 
 
 class LeaveDocument(msgspec.Struct, frozen=True, gc=False):
@@ -145,7 +152,7 @@ MESSAGE_TYPES: Final[tuple[type[Message], ...]] = (
 
 
 class ErrorCode:
-    """The error codes of CONTRACT §6."""
+    """The protocol's error codes (docs/protocol.md, errors)."""
 
     PARSE_ERROR: Final = "PARSE_ERROR"
     AUTH_ERROR: Final = "AUTH_ERROR"

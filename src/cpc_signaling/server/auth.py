@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ..protocol.ids import is_uuid
+from ..protocol.info import encode_info
 from .config import Config
 
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -59,6 +60,7 @@ class Identity:
     user_id: str
     allowed_documents: frozenset[str] | None  # None: any document
     expires_at: float  # Unix time after which the connection is closed (leeway included)
+    info: bytes = b""  # the `info` claim, canonical JSON (protocol.encode_info); empty: none
 
 
 class Authenticator:
@@ -184,7 +186,11 @@ class Authenticator:
                 f"token lives too long: its `exp` is more than {self.max_age:g}s away "
                 "(this server's --jwt-max-age)"
             )
-        return Identity(sub.lower(), allowed, exp + self.leeway)
+        try:
+            info = encode_info(claims.get("info"))
+        except ValueError as exc:
+            raise AuthError(f"token `info` claim {exc}") from None
+        return Identity(sub.lower(), allowed, exp + self.leeway, info)
 
 
 def _safe(exc: Exception) -> str:

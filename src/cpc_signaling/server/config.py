@@ -47,13 +47,20 @@ class Config:
     max_stored_per_document: int = _opt(
         1000, "annotations and comments kept per document (oldest dropped first)"
     )
+    max_stored_bytes_per_document: int = _opt(
+        4 << 20,
+        "bytes of annotations and comments kept per document, on every backend "
+        "(oldest dropped first)",
+    )
     max_documents: int = _opt(
         100_000, "documents kept in memory; idle ones are dropped least recently active first"
     )
     max_stored_bytes: int = _opt(
         256 << 20,
         "bytes of annotations and comments kept in memory over all documents (memory "
-        "backend); when full, idle documents go first, then new ones get CONNECTION_ERROR",
+        "backend); when full, idle documents go first, then a user over a fair share "
+        "(this budget over the users holding some) gets CONNECTION_ERROR, and one within "
+        "it displaces the oldest of whoever holds the most",
     )
     error_limit: int = _opt(20, "errors a connection may cause within --error-window")
     error_window: float = _opt(10.0, "seconds over which --error-limit counts")

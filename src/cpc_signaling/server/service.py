@@ -86,6 +86,7 @@ class Service:
             max_documents_per_connection=config.max_documents_per_connection,
             max_members_per_document=config.max_members_per_document,
             max_stored_per_document=config.max_stored_per_document,
+            max_stored_bytes_per_document=config.max_stored_bytes_per_document,
             max_documents=config.max_documents,
             max_stored_bytes=config.max_stored_bytes,
         )
@@ -170,8 +171,11 @@ class Service:
         *,
         user_id: str | None = None,
         allowed_documents: frozenset[str] | None = None,
+        info: bytes | None = None,
     ) -> Connection[Peer]:
-        conn = self.hub.connect(peer, user_id=user_id, allowed_documents=allowed_documents)
+        conn = self.hub.connect(
+            peer, user_id=user_id, allowed_documents=allowed_documents, info=info
+        )
         self.metrics.connections_total.inc()
         log.debug("connection %s opened (user %s)", conn.id, user_id or "unbound", extra=_ctx(conn))
         return conn
@@ -194,7 +198,10 @@ class Service:
             conn = self.open(peer)
         else:
             conn = self.open(
-                peer, user_id=verdict.user_id, allowed_documents=verdict.allowed_documents
+                peer,
+                user_id=verdict.user_id,
+                allowed_documents=verdict.allowed_documents,
+                info=verdict.info,  # the token's info wins, even when it has none
             )
         self.guard.attach(conn.id, verdict, lambda: self._expire(conn))
         return conn
