@@ -65,6 +65,7 @@ from .protocol import (
     encode,
 )
 from .protocol.ids import canonical_uuid
+from .protocol.info import encode_info
 
 log = logging.getLogger("cpc_signaling.client")
 
@@ -84,8 +85,6 @@ TokenProvider = Callable[[], "str | Awaitable[str]"]
 # Closes a reconnect cannot cure: policy (bad or expired token, error budget, kicked by
 # the server's API) and a frame too big. 1001 (restart) and 1013 (try later) are retried.
 _FINAL_CLOSE_CODES: Final = frozenset({1008, 1009})
-# The most a user's info may take, encoded (the server refuses more with PARSE_ERROR).
-MAX_INFO_BYTES: Final = 1024
 _PRESENCE_TYPES: Final = (
     PresenceUpdate,
     CursorUpdate,
@@ -187,30 +186,12 @@ def token_subject(token: str) -> str | None:
         return None
 
 
-class _InfoBody(msgspec.Struct):
-    info: dict[str, Any] | None = None
-
-
-# A user's info rides on JoinDocument frames; read it on its own, so the typed
-# message stays the protocol's JoinDocument.
-_info_decoder: Final = msgspec.json.Decoder(dict[str, _InfoBody])
-
-
-def _info_of(data: str | bytes) -> dict[str, Any] | None:
-    try:
-        body = _info_decoder.decode(data).get("JoinDocument")
-    except msgspec.MsgspecError:
-        return None
-    return body.info if body is not None else None
-
-
 class _PendingJoin:
-    __slots__ = ("future", "infos", "snapshot")
+    __slots__ = ("future", "snapshot")
 
     def __init__(self, future: asyncio.Future[list[Message]] | None) -> None:
         self.future = future  # None: a re-join after a reconnect (its snapshot goes to the stream)
         self.snapshot: list[Message] = []
-        self.infos: dict[str, dict[str, Any]] = {}
 
 
 class _Document:
@@ -274,7 +255,7 @@ class Client:
                     raise ValueError("the token has no `sub` claim that is a UUID: pass user_id")
             elif token is None:
                 self._user_id = canonical_uuid(_random_uuid())
-        self._info = _encode_info(info)
+        self._info = _checked_info(info)
         self.reconnect = reconnect
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -444,7 +425,7 @@ class Client:
                     except ProtocolError as exc:
                         log.warning("undecodable frame from server: %s", exc.message)
                         continue
-                    await self._route(message, raw.data)
+                    await self._route(message)
             self.close_code = ws.close_code
             if self._closing or not self._should_reconnect():
                 break
@@ -489,7 +470,7 @@ class Client:
             return True
         return False
 
-    async def _route(self, message: Message, data: str) -> None:
+    async def _route(self, message: Message) -> None:
         if isinstance(message, Error):
             self._last_error = message
             if not self._refuse_joins(message):
@@ -498,16 +479,10 @@ class Client:
         doc_id = message.document_id
         join = self._joins.get(doc_id)
         if join is not None:
-            if type(message) is JoinDocument:
-                if message.user_id == self._user_id:
-                    del self._joins[doc_id]
-                    join.snapshot.append(message)
-                    await self._joined(doc_id, join)
-                    return
-                info = _info_of(data) if '"info"' in data else None
-                if info is not None:
-                    join.infos[message.user_id] = info
             join.snapshot.append(message)
+            if type(message) is JoinDocument and message.user_id == self._user_id:
+                del self._joins[doc_id]
+                await self._joined(doc_id, join)
             return
         doc = self._documents.get(doc_id)
         kind = type(message)
@@ -518,9 +493,8 @@ class Client:
                     leave.set_result(None)
                 return
         if doc is not None and message.user_id != self._user_id:
-            if kind is JoinDocument:
-                info = _info_of(data) if '"info"' in data else None
-                doc.users.setdefault(message.user_id, User(message.user_id, info=info))
+            if isinstance(message, JoinDocument):
+                doc.users.setdefault(message.user_id, User(message.user_id, info=message.info))
             elif kind is LeaveDocument:
                 doc.users.pop(message.user_id, None)
             elif isinstance(message, _PRESENCE_TYPES):
@@ -541,8 +515,8 @@ class Client:
             user_id = getattr(message, "user_id", None)
             if user_id is None or user_id == self._user_id:
                 continue
-            if type(message) is JoinDocument:
-                users.setdefault(user_id, User(user_id, info=join.infos.get(user_id)))
+            if isinstance(message, JoinDocument):
+                users.setdefault(user_id, User(user_id, info=message.info))
             elif isinstance(message, _PRESENCE_TYPES):
                 users[user_id] = (users.get(user_id) or User(user_id)).applied(message)
         doc.users = users
@@ -613,10 +587,7 @@ class Client:
         await self._send_frame(encode(message).decode())
 
     async def _send_join(self, doc_id: str) -> None:
-        body = b'{"document_id":"%s","user_id":"%s"' % (doc_id.encode(), self.user_id.encode())
-        if self._info:
-            body += b',"info":' + self._info
-        await self._send_frame('{"JoinDocument":' + body.decode() + "}}")
+        await self._send(JoinDocument(document_id=doc_id, user_id=self.user_id, info=self._info))
 
     async def send_raw(self, data: str | bytes) -> None:
         """Send a frame as it is (text for str, binary for bytes): for tests and tools."""
@@ -791,18 +762,18 @@ def _random_uuid() -> str:
     return str(uuid.uuid4())
 
 
-def _encode_info(info: Mapping[str, Any] | None) -> bytes:
+def _checked_info(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``info`` as the join will carry it (None: no info); ValueError when out of bounds."""
     if info is None:
-        return b""
+        return None
     if not isinstance(info, Mapping):
         raise TypeError(f"info must be a mapping (a JSON object), not {type(info).__name__}")
+    value = dict(info)
     try:
-        encoded = msgspec.json.encode(dict(info))
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise ValueError(f"info must be JSON: {exc}") from None
-    if len(encoded) > MAX_INFO_BYTES:
-        raise ValueError(f"info is {len(encoded)} bytes encoded; at most {MAX_INFO_BYTES}")
-    return encoded
+        encode_info(value)
+    except ValueError as exc:
+        raise ValueError(f"info {exc}") from None
+    return value or None
 
 
 def _reason(exc: BaseException) -> str:

@@ -355,3 +355,40 @@ async def test_http_session_passed_in_is_left_open() -> None:
         async with Client(server.url, session=session) as client:
             await client.join(new_id())
         assert not session.closed
+
+
+async def test_users_carry_their_info_from_the_join_in_open_mode() -> None:
+    doc = new_id()
+    async with (
+        running_server() as server,
+        Client(server.url, info={"name": "Ada", "color": "#e91e63"}) as ada,
+        Client(server.url) as bob,
+    ):
+        await ada.join(doc)
+        await bob.join(doc)  # Ada from Bob's snapshot
+        assert bob.users(doc)[ada.user_id].info == {"color": "#e91e63", "name": "Ada"}
+        async with Client(server.url, info={"name": "Cy"}) as cy:
+            await cy.join(doc)  # Cy announced live to Bob
+            await _until(lambda: cy.user_id in bob.users(doc), "Cy in Bob's map")
+            assert bob.users(doc)[cy.user_id] == User(cy.user_id, info={"name": "Cy"})
+
+
+async def test_with_jwt_the_tokens_info_wins_over_the_clients() -> None:
+    doc, sub = new_id(), new_id()
+    jwt = token(sub, extra={"info": {"name": "From the token"}})
+    async with (
+        running_server(jwt_secret=SECRET) as server,
+        Client(server.url, token=jwt, info={"name": "Made up"}) as ada,
+        Client(server.url, token=token(new_id()), info={"name": "Bob"}) as bob,
+    ):
+        await ada.join(doc)
+        await bob.join(doc)
+        assert bob.users(doc)[sub].info == {"name": "From the token"}
+        assert ada.users(doc)[bob.user_id].info is None  # no info claim: none
+
+
+def test_info_is_checked_before_anything_is_sent() -> None:
+    with pytest.raises(ValueError, match="1024"):
+        Client("ws://127.0.0.1:1/ws", info={"name": "x" * 2000})
+    with pytest.raises(TypeError):
+        Client("ws://127.0.0.1:1/ws", info=["not", "an", "object"])  # type: ignore[arg-type]
