@@ -56,8 +56,10 @@ const TOKEN_PROTOCOL_PREFIX = "cpc.token.";
 const MAX_INFO_BYTES = 1024;
 // A note the server has not refused within this long is taken as accepted.
 const NOTE_REFUSAL_WINDOW_MS = 10_000;
-// Words the server's Error names an Annotation or Comment by (its message names the type).
-const NOTE_WORDS = /\b(Annotation|Comment)\b/;
+// How the server's Error says it is about a note: it names the type ("Comment.content:
+// ...") or the kind ("... annotations and comments ...": rate limit, storage full).
+const NOTE_TYPE_NAMED = /\b(Annotation|Comment)\b/;
+const NOTES_NAMED = /\bannotations and comments\b/i;
 
 const DEFAULTS = Object.freeze({
   tokenIn: "protocol",
@@ -962,18 +964,22 @@ export class CpcClient extends Emitter {
     while (this.#pendingNotes.length > 0 && this.#pendingNotes[0].at < oldest) this.#pendingNotes.shift();
   }
 
-  // The server refuses a note with an Error naming its type (and its document when it
-  // is about the document): frames are answered in order, so it is the oldest such note
-  // still pending. Nothing is acknowledged, so a note not refused within the window is
-  // taken as accepted.
+  // The server refuses a note with an Error naming its type or "annotations and comments"
+  // (and its document, when the reason is the document's). The note is the one whose
+  // timestamp the message quotes, if any; else the oldest such note still pending, since
+  // frames are answered in order. Nothing is acknowledged: a note not refused within
+  // the window is taken as accepted.
   #noteRefusal(error) {
-    const named = NOTE_WORDS.exec(error.message ?? "");
-    if (named === null || error.code === "AUTH_ERROR") return;
+    const text = String(error.message ?? "");
+    const named = NOTE_TYPE_NAMED.exec(text);
+    if ((named === null && !NOTES_NAMED.test(text)) || error.code === "AUTH_ERROR") return;
     this.#prunePendingNotes();
-    const index = this.#pendingNotes.findIndex(
+    const candidates = this.#pendingNotes.filter(
       ({ doc, note }) =>
-        note.type === named[1] && (!UUID_IN.test(error.message) || error.message.includes(doc.id)),
+        (named === null || note.type === named[1]) && (!UUID_IN.test(text) || text.includes(doc.id)),
     );
+    const chosen = candidates.find(({ note }) => text.includes(note.timestamp)) ?? candidates[0];
+    const index = this.#pendingNotes.indexOf(chosen);
     if (index === -1) return;
     const [{ doc, note }] = this.#pendingNotes.splice(index, 1);
     doc.withdraw(note, error);

@@ -427,6 +427,31 @@ describe("what goes on the wire", () => {
 });
 
 describe("refusals", () => {
+  test("comments refused because the server's storage is full leave doc.notes", async () => {
+    const server = await startServer(["--max-stored-bytes", "1000"]);
+    try {
+      const doc = newId();
+      const author = client(server.url);
+      const reader = client(server.url);
+      const authorDoc = await author.join(doc);
+      const readerDoc = await reader.join(doc);
+      const refused = [];
+      authorDoc.on("noteRefused", (note, error) => refused.push([note, error]));
+      const received = collect(readerDoc, "note");
+      for (let i = 0; i < 12; i++) authorDoc.comment(at(i, 0), `comment ${i} `.padEnd(100, "."));
+      await until(() => refused.length > 0 && received.length + refused.length === 12);
+      assert.ok(refused.every(([, error]) => error.code === "CONNECTION_ERROR"));
+      // What the author still shows is exactly what the others got.
+      assert.deepEqual(
+        authorDoc.notes.map((n) => n.content),
+        received.map((n) => n.content),
+      );
+    } finally {
+      closeAll();
+      await server.stop();
+    }
+  });
+
   test("a comment the server refuses leaves doc.notes and says so; later ones stay", async () => {
     const server = await startServer(["--max-content-chars", "10"]);
     try {
