@@ -965,10 +965,12 @@ export class CpcClient extends Emitter {
   }
 
   // The server refuses a note with an Error naming its type or "annotations and comments"
-  // (and its document, when the reason is the document's). The note is the one whose
-  // timestamp the message quotes, if any; else the oldest such note still pending, since
-  // frames are answered in order. Nothing is acknowledged: a note not refused within
-  // the window is taken as accepted.
+  // (and its document, when the reason is the document's). Nothing is acknowledged, so
+  // which note it was is inferred: the one whose timestamp the message quotes, if any;
+  // for content over the length limit, the oldest pending note that long (frames are
+  // answered in order); for a refusal by condition (rate limit, storage full, overload),
+  // which holds for every later note too, the newest pending one. A note not refused
+  // within the window is taken as accepted.
   #noteRefusal(error) {
     const text = String(error.message ?? "");
     const named = NOTE_TYPE_NAMED.exec(text);
@@ -978,7 +980,12 @@ export class CpcClient extends Emitter {
       ({ doc, note }) =>
         (named === null || note.type === named[1]) && (!UUID_IN.test(text) || text.includes(doc.id)),
     );
-    const chosen = candidates.find(({ note }) => text.includes(note.timestamp)) ?? candidates[0];
+    const limit = /longer than (\d+) characters/.exec(text);
+    const chosen =
+      candidates.find(({ note }) => text.includes(note.timestamp)) ??
+      (limit !== null
+        ? candidates.find(({ note }) => [...note.content].length > Number(limit[1]))
+        : candidates.at(-1));
     const index = this.#pendingNotes.indexOf(chosen);
     if (index === -1) return;
     const [{ doc, note }] = this.#pendingNotes.splice(index, 1);
