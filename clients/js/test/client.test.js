@@ -468,7 +468,7 @@ describe("refusals", () => {
       const [note, error] = await refused;
       assert.equal(note.content, "far too long for this server");
       assert.equal(error.code, "PARSE_ERROR");
-      await waitFor(readerDoc, "note", (m) => m.content === "last");
+      await until(() => readerDoc.notes.length === 2, undefined, "the reader's two notes");
       assert.deepEqual(
         authorDoc.notes.map((n) => n.content),
         ["first", "last"],
