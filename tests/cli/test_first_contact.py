@@ -131,3 +131,19 @@ def test_the_first_lines_of_a_good_start_are_not_errors() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_token_mints_the_claims_the_server_reads_including_info() -> None:
+    import jwt
+
+    sub, doc = "5B0C7E0A-3F6D-4C1E-9D2A-7A8B9C0D1E2F", "6f1c2e1a-0d7e-4d53-9a55-0d8f3b0f0b11"
+    secret = "s" * 32
+    result = run(
+        "token", "--jwt-secret", secret, "--sub", sub, "--docs", doc, "--info", '{"name": "Ada"}'
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == sub.lower()
+    assert claims["docs"] == [doc]
+    assert claims["info"] == {"name": "Ada"}
+    one_line_error(run("token", "--jwt-secret", secret, "--info", "[1, 2]"), "JSON object")
