@@ -48,7 +48,7 @@ pytest: $(DEV_STAMP)
 jstest: $(DEV_STAMP)
 	bash scripts/ensure-test-deps.sh
 	node $$(node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || echo --experimental-websocket) \
-		--test --test-timeout=60000 clients/js/test/*.test.js
+		--test --test-timeout=180000 clients/js/test/*.test.js
 
 test: lint typecheck pytest jstest
 
