@@ -371,6 +371,13 @@ class Client:
             await self._session.close()
             self._session = None
         self._fail_pending(ClientError("client closed"))
+        self._end_stream()
+
+    def _end_stream(self) -> None:
+        # The end marker stays in the queue: every later read ends the same way.
+        if self._stream:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
 
     async def __aenter__(self) -> Self:
         return await self.connect()
@@ -390,17 +397,24 @@ class Client:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message | Reconnected]:
+        self._check_stream()
         while True:
             item = await self._queue.get()
             if item is None:
+                self._end_stream()
                 return
             yield item
 
+    def _check_stream(self) -> None:
+        if not self._stream:
+            raise ClientError("this client keeps no stream (stream=False): read users() instead")
+
     async def receive(self, timeout: float | None = None) -> Message | Reconnected:
         """The next incoming message (not part of a join snapshot)."""
+        self._check_stream()
         item = await asyncio.wait_for(self._queue.get(), timeout)
         if item is None:
-            self._queue.put_nowait(None)  # every later receive() ends the same way
+            self._end_stream()
             raise ClientError(self._closed_reason())
         return item
 
@@ -436,7 +450,8 @@ class Client:
         error = self._last_error
         pending = JoinError(error) if error is not None else ClientError(self._closed_reason())
         self._fail_pending(pending)
-        await self._queue.put(None)
+        if self._stream:
+            await self._queue.put(None)
 
     def _should_reconnect(self) -> bool:
         if not self.reconnect:

@@ -392,3 +392,23 @@ def test_info_is_checked_before_anything_is_sent() -> None:
         Client("ws://127.0.0.1:1/ws", info={"name": "x" * 2000})
     with pytest.raises(TypeError):
         Client("ws://127.0.0.1:1/ws", info=["not", "an", "object"])  # type: ignore[arg-type]
+
+
+async def test_after_close_every_read_ends_and_stream_false_keeps_nothing() -> None:
+    async with running_server() as server:
+        client = Client(server.url)
+        await client.connect()
+        await client.close()
+        for _ in range(2):
+            with pytest.raises(ClientError):
+                await client.receive(TIMEOUT)
+        assert [m async for m in client] == []
+        quiet = Client(server.url, stream=False)
+        async with quiet, server.client() as other:
+            doc = new_id()
+            await quiet.join(doc)
+            await other.join(doc)
+            await other.status(doc, "busy")
+            await _until(lambda: quiet.users(doc).get(other.user_id, User("")).status == "busy", "")
+            with pytest.raises(ClientError, match="stream=False"):
+                await quiet.receive(TIMEOUT)
