@@ -1,6 +1,6 @@
 """Print docs/configuration.md's option table from the Config dataclass (the one source).
 
-    .venv/bin/python scripts/config_docs.py > docs/configuration.md
+.venv/bin/python scripts/config_docs.py > docs/configuration.md
 """
 
 from __future__ import annotations

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import os
+import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,7 +24,7 @@ from aiohttp import web
 
 from cpc_signaling.client import Client, Reconnected
 from cpc_signaling.protocol import Message
-from cpc_signaling.server import Config, Service, create_app
+from cpc_signaling.server import Config, Service, create_app, listen
 
 # Timeouts are multiples of one unit; CPC_TEST_TIMEOUT_UNIT scales them on slow machines.
 UNIT = float(os.environ.get("CPC_TEST_TIMEOUT_UNIT", "1.0"))
@@ -58,14 +63,14 @@ async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     await service.start()
     runner = web.AppRunner(create_app(service), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    server = await listen(runner, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     try:
         yield RunningServer(
             service, runner, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}"
         )
     finally:
+        server.close()
         await service.drain()
         await service.close()
         await runner.cleanup()
@@ -109,7 +114,9 @@ async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     """The ASGI app (``cpc_signaling.asgi``) under uvicorn, in-process on a free port.
 
     Same shape as :func:`running_server`; uvicorn gets the limits and pings the
-    aiohttp server takes from ``Config`` (``--ws-max-size``, ``--ws-ping-*``).
+    aiohttp server takes from ``Config`` (``--ws-ping-*``), and a frame size limit
+    above the app's (``--ws-max-size``: the app closes with 1009 itself, with a
+    lingering close; docs/embedding.md).
     """
     from cpc_signaling.asgi import create_app as create_asgi_app
 
@@ -117,7 +124,7 @@ async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     app = create_asgi_app(config)
     async with serving_uvicorn(
         app,
-        ws_max_size=config.max_message_bytes,
+        ws_max_size=4 * config.max_message_bytes,
         ws_ping_interval=config.ping_interval or None,
         ws_ping_timeout=config.ping_timeout or None,
     ) as port:
@@ -156,13 +163,62 @@ async def spawn_server(
     args: Sequence[str] = (), env: dict[str, str] | None = None, timeout: float = 15.0
 ) -> ServerProcess:
     """``cpc-signaling serve --port 0 ARGS`` as a real subprocess; waits for its ws:// line."""
+    return await _spawn(
+        [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0", *args],
+        env,
+        timeout,
+        r"ws://[^\s]+",
+    )
+
+
+# The ASGI app as a uvicorn process: configured by CPC_* variables, like `serve`.
+_ASGI_MODULE = """\
+import os
+from cpc_signaling.asgi import create_app
+from cpc_signaling.server import Config
+
+app = create_app(Config.from_args([], os.environ))
+"""
+
+
+@functools.cache
+def _asgi_module_dir() -> str:
+    where = tempfile.mkdtemp(prefix="cpc-asgi-")
+    pathlib.Path(where, "cpc_asgi_app.py").write_text(_ASGI_MODULE)
+    atexit.register(shutil.rmtree, where, True)
+    return where
+
+
+async def spawn_asgi_server(
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    *,
+    factory: bool = False,
+) -> ServerProcess:
+    """The ASGI app under ``uvicorn --port 0 ARGS`` as a real subprocess (``CPC_*``
+    variables in ``env`` configure the app); waits for uvicorn's "running on" line.
+
+    ``factory``: run it as documented, ``--factory cpc_signaling.asgi:from_environment``
+    (which also sets up logging); else from a module that only builds the app.
+    """
+    where = _asgi_module_dir()
+    app = ("--factory", "cpc_signaling.asgi:from_environment") if factory else ("cpc_asgi_app:app",)
+    argv = [
+        *(sys.executable, "-m", "uvicorn", *app, "--app-dir", where),
+        *("--host", "127.0.0.1", "--port", "0", "--ws", "websockets-sansio", *args),
+    ]
+    server = await _spawn(argv, env, timeout, r"Uvicorn running on (http://[^\s]+)")
+    server.url = server.http.replace("http://", "ws://") + "/ws"
+    return server
+
+
+async def _spawn(
+    argv: Sequence[str], env: dict[str, str] | None, timeout: float, address: str
+) -> ServerProcess:
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=full_env,
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
     )
     lines: list[str] = []
     loop = asyncio.get_running_loop()
@@ -172,9 +228,9 @@ async def spawn_server(
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            match = re.search(r"ws://[^\s]+", line)
+            match = re.search(address, line)
             if match:
-                return match.group(0)
+                return match.group(match.lastindex or 0)
         raise RuntimeError("server exited before listening:\n" + "".join(lines))
 
     try:

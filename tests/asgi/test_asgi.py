@@ -13,7 +13,7 @@ import json
 import aiohttp
 import pytest
 
-from cpc_signaling.asgi import create_app
+from cpc_signaling.asgi import create_app, from_environment
 from cpc_signaling.client import Client, ClientError
 from cpc_signaling.protocol import (
     Comment,
@@ -135,7 +135,9 @@ async def test_slow_reader_is_closed_1013_and_leaves() -> None:
     # A reader that stops reading: past the bound on frames that cannot be dropped it
     # leaves at once, and finds the close code 1013 behind its backlog when it reads.
     bound = 64 * 1024
-    async with running_asgi_server(outbox_max_bytes=bound, rate_limit=0) as srv:
+    async with running_asgi_server(
+        outbox_max_bytes=bound, rate_limit=0, stored_rate_limit=0
+    ) as srv:
         doc = new_id()
         async with srv.client() as writer, srv.client() as watcher:
             await writer.join(doc)
@@ -167,3 +169,10 @@ async def test_slow_reader_is_closed_1013_and_leaves() -> None:
             raw.close()
             assert raw.close_code == 1013, (raw.close_code, len(frames))
             assert len(frames) < i  # the frames not yet written when it was closed are dropped
+
+
+def test_from_environment_reads_the_cpc_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CPC_MAX_MESSAGE_BYTES", "2048")
+    monkeypatch.setenv("CPC_DEMO", "false")
+    app = from_environment()  # what `uvicorn --factory cpc_signaling.asgi:from_environment` runs
+    assert app.config.max_message_bytes == 2048 and app.config.demo is False

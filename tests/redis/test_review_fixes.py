@@ -104,7 +104,7 @@ async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: Red
                 assert [m.content for m in snapshot if type(m) is Comment] == ["kept"]
                 await b.leave(doc)
             async with asyncio.timeout(TIMEOUT):
-                while service.hub.local_members or service._detaching or backend._docs:  # noqa: ASYNC110
+                while service.hub.local_members or service.following.detaching or backend._docs:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             assert backend._broker is not None
             assert backend._broker.refs == {}

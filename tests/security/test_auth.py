@@ -239,7 +239,7 @@ async def test_token_expiring_while_connected_closes_1008_and_leaves() -> None:
             assert ws.close_code == 1008
             left = await receive_until(watcher, lambda m: isinstance(m, LeaveDocument))
             assert left[-1] == LeaveDocument(document_id=doc, user_id=short_user)
-        assert server.service.guard._tracked == {}  # timer handle released
+        assert server.service.sessions == {}  # its session (and timer handle) released
 
 
 async def test_leeway_accepts_a_just_expired_token() -> None:

@@ -11,8 +11,17 @@ import pytest
 
 from cpc_signaling.client import Client
 from cpc_signaling.core.ratelimit import Notices, TokenBucket
-from cpc_signaling.protocol import CursorUpdate, Error, ErrorCode, JoinDocument
+from cpc_signaling.protocol import (
+    Annotation,
+    Comment,
+    CursorUpdate,
+    Error,
+    ErrorCode,
+    JoinDocument,
+    PresenceStatus,
+)
 
+from ..conftest import ServerFactory
 from ..helpers import RunningServer, new_id, receive_until, running_server
 from .support import SECRET, TS, connect_and_collect, frame, join_raw, token
 
@@ -155,6 +164,69 @@ async def test_paced_cursor_traffic_in_three_documents_is_never_limited() -> Non
                 ),
             )
         assert await metric(srv, "cpc_rate_limited_total") == 0
+
+
+# -- stored rate (annotations and comments) -------------------------------------------------------
+
+
+async def test_stored_rate_limit_refuses_a_comment_flood_and_spares_presence(
+    server_factory: ServerFactory,
+) -> None:
+    async with server_factory() as srv:  # defaults: 10 annotations/comments a second, burst 20
+        doc = new_id()
+        async with srv.client() as watcher, srv.client() as sender:
+            await watcher.join(doc)
+            await sender.join(doc)
+            await receive_until(watcher, lambda m: isinstance(m, JoinDocument))
+            for i in range(40):
+                await sender.comment(doc, i, 0, f"flood {i}")
+                await sender.cursor(doc, i, 0)  # presence: only the general rate applies
+            await sender.status(doc, "marker")
+            got = await receive_until(watcher, lambda m: isinstance(m, PresenceStatus))
+            comments = [m.position.line for m in got if isinstance(m, Comment)]
+            cursors = [m.position.line for m in got if isinstance(m, CursorUpdate)]
+            assert cursors == list(range(40))
+            assert 20 <= len(comments) <= 30, comments  # the burst, and what refilled
+            assert comments == list(range(len(comments)))  # the first ones, in order
+            notice = await receive_until(sender, lambda m: isinstance(m, Error))
+            assert notice[-1].code == ErrorCode.CONNECTION_ERROR  # type: ignore[union-attr]
+            assert "annotations and comments" in notice[-1].message  # type: ignore[union-attr]
+            with pytest.raises(TimeoutError):  # one notice a second, not one per drop
+                await sender.receive(0.3)
+            assert sender.connected
+            dropped = await metric(srv, "cpc_stored_rate_limited_total")
+            assert dropped == 40 - len(comments)
+            assert await metric(srv, "cpc_rate_limited_total") == 0
+            # A second later the bucket has refilled: comments pass again.
+            await asyncio.sleep(1.0)
+            await sender.comment(doc, 99, 0, "later")
+            later = await receive_until(watcher, lambda m: isinstance(m, Comment))
+            assert later[-1].position.line == 99  # type: ignore[union-attr]
+
+
+async def test_stored_rate_limit_zero_disables(server_factory: ServerFactory) -> None:
+    async with server_factory(stored_rate_limit=0) as srv:
+        doc = new_id()
+        async with srv.client() as watcher, srv.client() as sender:
+            await watcher.join(doc)
+            await sender.join(doc)
+            await receive_until(watcher, lambda m: isinstance(m, JoinDocument))
+            for i in range(100):
+                await sender.send_raw(
+                    frame(
+                        "Annotation",
+                        document_id=doc,
+                        user_id=sender.user_id,
+                        position={"line": i, "column": 0},
+                        content=f"note {i}",
+                        timestamp=TS,
+                    )
+                )
+            got = await receive_until(
+                watcher, lambda m: isinstance(m, Annotation) and m.position.line == 99
+            )
+            assert len([m for m in got if isinstance(m, Annotation)]) == 100
+        assert await metric(srv, "cpc_stored_rate_limited_total") == 0
 
 
 # -- connection caps ------------------------------------------------------------------------------

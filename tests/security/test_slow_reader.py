@@ -35,7 +35,7 @@ def peer_of(server: RunningServer, user_id: str) -> Any:
 
 def pending_bytes(peer: Any) -> int:
     """Bytes the server holds for ``peer`` in user space: transport buffer plus outbox."""
-    outbox = peer._outbox
+    outbox = peer.outbox
     frames = getattr(outbox, "_frames", {})
     return int(peer._transport.get_write_buffer_size()) + sum(map(len, frames.values()))
 
@@ -70,7 +70,7 @@ def p99(values: list[float]) -> float:
 
 
 async def test_stalled_reader_is_conflated_and_bounded_and_catches_up() -> None:
-    async with running_server(rate_limit=0) as server:
+    async with running_server(rate_limit=0, stored_rate_limit=0) as server:
         doc = new_id()
         async with server.client() as a, server.client() as b:
             await a.join(doc)
@@ -88,7 +88,7 @@ async def test_stalled_reader_is_conflated_and_bounded_and_catches_up() -> None:
             # Fill the stalled member's kernel buffers (a few MB on loopback) with 8 KB
             # comments, until the server starts holding frames for it in its outbox.
             filled = 0
-            while not peer._outbox:
+            while not peer.outbox:
                 await a.comment(doc, filled, 0, "f" * 8000)
                 filled += 1
                 await receive_until(b, lambda m: isinstance(m, Comment))
@@ -147,7 +147,7 @@ async def test_stalled_reader_is_conflated_and_bounded_and_catches_up() -> None:
 
 async def test_reader_behind_on_comments_is_closed_1013_and_leaves() -> None:
     limit = 64 * 1024
-    async with running_server(rate_limit=0, outbox_max_bytes=limit) as server:
+    async with running_server(rate_limit=0, stored_rate_limit=0, outbox_max_bytes=limit) as server:
         doc = new_id()
         async with server.client() as a, server.client() as b:
             await a.join(doc)

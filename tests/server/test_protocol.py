@@ -1,4 +1,4 @@
-"""The protocol over real WebSockets on loopback: CONTRACT §1, §2, §4 and §6."""
+"""The protocol over real WebSockets on loopback, both transports (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -424,12 +424,12 @@ async def test_frames_after_the_server_let_a_connection_go_are_ignored(
         await b.join(doc)
         await a.receive(TIMEOUT)
         service = server.service
-        (conn,) = [c for c in service.hub.connections.values() if c.user_id == b.user_id]
+        (session,) = [s for s in service.sessions.values() if s.user_id == b.user_id]
         assert service.disconnect_local(b.user_id, "kicked") == 1
         # A frame the transport had already read when the server decided: it must not
         # re-join the kicked connection.
         frame_ = json.dumps({"JoinDocument": {"document_id": doc, "user_id": b.user_id}})
-        assert service.on_frame(conn, frame_.encode()) is None
+        assert service.on_frame(session, frame_.encode()) is None
         assert await a.receive(TIMEOUT) == LeaveDocument(document_id=doc, user_id=b.user_id)
         assert service.hub.present_users(doc) == [a.user_id]
         await a.status(doc, "still here")  # nothing else reached a in between

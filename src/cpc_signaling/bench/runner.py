@@ -6,7 +6,9 @@ what it receives. Reported per run: sent, delivered, lost, duplicated,
 reordered, deliveries/s, latency percentiles (from the message timestamp), the
 generator's own CPU use (a saturated generator is flagged, never mistaken for a
 slow server), and with ``--spawn`` the server's CPU and RSS too. ``--find-max``
-raises the rate until p99 passes a bound or anything is lost.
+raises the rate until p99 passes a bound or anything is lost. ``--spawn-redis``
+adds a private Redis the spawned instances share (counted with them), and
+``--targeting`` (:mod:`.targeting`) measures Redis's output per event.
 
 The generator runs in ``--procs`` worker processes (see :mod:`.worker`);
 this module only plans, coordinates and reports. Nothing here is imported by
@@ -17,23 +19,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .processes import RedisProcess, ServerProcess, cpu_busy, proc_cpu, proc_rss
 from .worker import Layout, StepStats, _raise_file_limit, run_queue_wait, worker_main
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
@@ -64,11 +62,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra argument for the spawned server (repeatable): --server-arg=--redis-url=...",
     )
     target.add_argument(
+        "--server-src",
+        default=None,
+        metavar="DIR",
+        help="run the spawned servers from this source tree (PYTHONPATH=DIR), e.g. an older "
+        "commit's src/ from `git archive`, to compare it with this one in one sitting",
+    )
+    target.add_argument(
         "--instances",
         type=int,
         default=1,
         help="with --spawn: start this many server processes, all on CPU 0 (with "
         "--server-arg=--redis-url=... they form one service)",
+    )
+    target.add_argument(
+        "--spawn-redis",
+        action="store_true",
+        help="with --spawn: also start a private redis-server (free port, no persistence) "
+        "pinned to the servers' CPU, make the spawned servers one service on it, count its "
+        "CPU with the servers', stop it at the end",
+    )
+    target.add_argument(
+        "--redis-server",
+        default=None,
+        metavar="PATH",
+        help="the redis-server binary for --spawn-redis and --targeting (default: on PATH)",
     )
     target.add_argument(
         "--server-pid",
@@ -83,8 +101,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jwt-secret", default=None, help="mint an HS256 token per user with this secret"
     )
     load = parser.add_argument_group("load")
-    load.add_argument("--docs", type=int, default=100, help="documents (default 100)")
-    load.add_argument("--users", type=int, default=10, help="users per document (default 10)")
+    load.add_argument(
+        "--docs",
+        type=int,
+        default=None,
+        help="documents (default 100; with --targeting: each instance's own, default 4)",
+    )
+    load.add_argument(
+        "--users",
+        type=int,
+        default=None,
+        help="users per document (default 10; with --targeting: 8)",
+    )
     load.add_argument(
         "--rate", type=float, default=None, help="messages per second per user (default: 2)"
     )
@@ -116,9 +144,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--quick",
         action="store_true",
-        help="the short standard run of `make bench` (spawns a server, under a minute)",
+        help="the short standard run of `make bench`: one spawned server at three loads, then "
+        "two instances + a private Redis at one (about 30 s)",
     )
     mode.add_argument("--repeat", type=int, default=1, help="run each load this many times")
+    mode.add_argument(
+        "--targeting",
+        default=None,
+        metavar="K[,K...]",
+        help="Redis output per event with K instances on a private Redis, each with its own "
+        "documents plus one shared by all (e.g. 2,4,8); see docs/performance.md",
+    )
+    mode.add_argument(
+        "--events",
+        type=int,
+        default=4000,
+        help="with --targeting: messages sent per phase (default 4000)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
@@ -146,80 +188,6 @@ class Workload:
         return deliveries / receivers if receivers else 0.0
 
 
-class ServerProcess:
-    """A server started by the bench, pinned to one CPU."""
-
-    def __init__(self, extra: Sequence[str], cpu: int | None) -> None:
-        cmd = [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0", *extra]
-        if cpu is not None and shutil.which("taskset"):
-            cmd = ["taskset", "-c", str(cpu), *cmd]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        self.url = self._wait_for_url(20.0)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _wait_for_url(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        timer = threading.Timer(timeout, self.proc.kill)
-        timer.start()
-        try:
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                match = re.search(r"ws://\S+", line)
-                if match:
-                    return match.group(0)
-        finally:
-            timer.cancel()
-        raise RuntimeError("the server exited before listening:\n" + "".join(self.lines))
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            del self.lines[:-200]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _proc_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) of ``pid`` and its threads, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _proc_rss(pid: int) -> int | None:
-    """Resident set size of ``pid`` in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _tokens(args: argparse.Namespace, user_ids: list[str]) -> tuple[list[str], list[str | None]]:
     if args.jwt_secret:
         from ..tokens import mint_token
@@ -242,11 +210,18 @@ def _tokens(args: argparse.Namespace, user_ids: list[str]) -> tuple[list[str], l
 class Fleet:
     """The worker processes of one workload, connected and joined."""
 
-    def __init__(self, url: str, workload: Workload, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        url: str,
+        workload: Workload,
+        args: argparse.Namespace,
+        route: list[int] | None = None,
+    ) -> None:
         self.workload = workload
         doc_ids = [str(uuid.uuid4()) for _ in range(workload.docs)]
         user_ids, tokens = _tokens(args, [str(uuid.uuid4()) for _ in range(workload.conns)])
-        layout = Layout(url, doc_ids, user_ids, tokens, workload.users, workload.payload)
+        layout = Layout(url, doc_ids, user_ids, tokens, workload.users, workload.payload, route)
+        self.layout = layout
         procs = max(1, min(args.procs, workload.conns))
         cpus = _generator_cpus(args)
         ctx = mp.get_context("fork")
@@ -268,10 +243,11 @@ class Fleet:
             self.connect_errors += failed
             self.reasons += reasons
 
-    def run(self, rate: float, duration: float) -> list[StepStats]:
+    def run(self, rate: float, duration: float, senders: range | None = None) -> list[StepStats]:
+        """One step: every connection (or only ``senders``) sends at ``rate`` per second."""
         start_at = time.time() + 0.3
         for pipe in self.pipes:
-            pipe.send(("run", rate, start_at, duration))
+            pipe.send(("run", rate, start_at, duration, senders))
         return [pipe.recv()[1] for pipe in self.pipes]
 
     def close(self) -> None:
@@ -290,10 +266,7 @@ class Fleet:
 def _generator_cpus(args: argparse.Namespace) -> list[int]:
     if not args.spawn:
         return []
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return []
+    cpus = _cpus()
     return [c for c in cpus if c != 0] or cpus
 
 
@@ -317,10 +290,15 @@ def summarize(
     server_cpu: float | None = None,
     server_wait: float | None = None,
     server_rss: int | None = None,
+    redis_cpu: float | None = None,
+    other_server_cpu: float | None = None,
+    other_generator_cpu: float | None = None,
     wall: float | None = None,
 ) -> dict[str, Any]:
-    """One result row from the workers' counts; ``server_cpu`` and ``server_wait`` are
-    seconds over ``wall`` (the whole step, drain included)."""
+    """One result row from the workers' counts; ``server_cpu`` (Redis included when it is
+    counted with the servers), ``server_wait``, ``redis_cpu`` and the ``other_*`` CPU (what
+    other processes ran on the servers' and on the generator's CPUs) are seconds over
+    ``wall`` (the whole step, drain included)."""
     wall = wall or duration
     users = workload.users
     sent_by: dict[int, int] = {}
@@ -339,6 +317,14 @@ def summarize(
     for s in stats:
         latencies.extend(s.latencies)
     ordered = sorted(latencies)
+    cross = array("d")
+    for s in stats:
+        cross.extend(s.cross_latencies)
+    cross_ordered = sorted(cross)
+
+    def pct(seconds: float | None) -> float | None:
+        return None if seconds is None else round(100 * seconds / wall, 1)
+
     delivered = sum(s.delivered for s in stats)
     sent = sum(sent_by.values())
     gen_cpu = max((s.cpu_send / duration for s in stats), default=0.0)
@@ -362,6 +348,10 @@ def summarize(
         "p90_ms": round(_percentile(ordered, 0.90) * 1e3, 3),
         "p99_ms": round(_percentile(ordered, 0.99) * 1e3, 3),
         "max_ms": round(ordered[-1] * 1e3, 3) if ordered else float("nan"),
+        # Deliveries to a member on another instance than the sender's (several URLs).
+        "cross_deliveries": len(cross),
+        "cross_p50_ms": round(_percentile(cross_ordered, 0.50) * 1e3, 3) if cross else None,
+        "cross_p99_ms": round(_percentile(cross_ordered, 0.99) * 1e3, 3) if cross else None,
         "connection_errors": connect_errors + sum(s.closed for s in stats),
         "error_frames": sum(s.errors for s in stats),
         "generator_cpu_pct": round(100 * gen_cpu, 1),
@@ -369,11 +359,18 @@ def summarize(
         "generator_cpu_wait_pct": round(
             100 * max((s.cpu_wait / max(s.wall, duration) for s in stats), default=0.0), 1
         ),
-        "server_cpu_pct": None if server_cpu is None else round(100 * server_cpu / wall, 1),
-        "server_cpu_wait_pct": None if server_wait is None else round(100 * server_wait / wall, 1),
+        "server_cpu_pct": pct(server_cpu),
+        "server_cpu_wait_pct": pct(server_wait),
+        "redis_cpu_pct": pct(redis_cpu),
+        "other_cpu_server_pct": pct(other_server_cpu),
+        "other_cpu_generator_pct": pct(other_generator_cpu),
         "server_rss_mib": None if server_rss is None else round(server_rss / 2**20, 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
+    others = [
+        o for o in (row["other_cpu_server_pct"], row["other_cpu_generator_pct"]) if o is not None
+    ]
+    row["other_cpu_pct"] = max(others) if others else None
     # Noise-proof figure on a shared machine: what one delivery costs the server in
     # CPU time, and the deliveries/s one whole core would give at that cost.
     if server_cpu and delivered:
@@ -386,7 +383,13 @@ def summarize(
 
 
 def _noisy(row: dict[str, Any]) -> bool:
-    """Runnable but not running for over 10% of the time: other load interfered."""
+    """Other load interfered: other processes used over 10% of the servers' or the
+    generator's CPUs (when they are pinned, so that this is known); otherwise the server or
+    the generator was runnable but not running over 10% of the time. (Several servers and
+    Redis pinned to one CPU wait for each other: their wait alone says nothing of others.)"""
+    others = (row.get("other_cpu_server_pct"), row.get("other_cpu_generator_pct"))
+    if any(o is not None for o in others):
+        return any(o is not None and o > 10 for o in others)
     waits = (row.get("server_cpu_wait_pct"), row.get("generator_cpu_wait_pct"))
     return any(w is not None and w > 10 for w in waits)
 
@@ -418,14 +421,17 @@ _COLUMNS = (
     ("p50ms", "p50_ms", "{:.2f}"),
     ("p90ms", "p90_ms", "{:.2f}"),
     ("p99ms", "p99_ms", "{:.2f}"),
+    ("xp99ms", "cross_p99_ms", "{:.2f}"),
     ("maxms", "max_ms", "{:.1f}"),
     ("connerr", "connection_errors", "{}"),
     ("gen%", "generator_cpu_pct", "{:.0f}"),
     ("genwait%", "generator_cpu_wait_pct", "{:.0f}"),
     ("srv%", "server_cpu_pct", "{:.0f}"),
     ("srvwait%", "server_cpu_wait_pct", "{:.0f}"),
+    ("redis%", "redis_cpu_pct", "{:.0f}"),
     ("us/deliv", "server_cpu_us_per_delivery", "{:.2f}"),
     ("deliv/cpu-s", "server_capacity_per_s", "{:,}"),
+    ("other%", "other_cpu_pct", "{:.0f}"),
     ("load", "load_avg_1m", "{:.2f}"),
     ("verdict", "verdict", "{}"),
 )
@@ -441,8 +447,10 @@ class Printer:
         if row.get("noisy") and not self.noisy_noted:
             self.noisy_noted = True
             self.note(
-                "* = the server or the generator waited for its CPU over 10% of the run "
-                "(other load): wall-clock figures understate the server; us/deliv holds"
+                "* = other load during the run: other processes used over 10% of the pinned "
+                "servers' or generator's CPUs (other%), or (not pinned) the server or the "
+                "generator waited for a CPU over 10% of it: wall-clock figures understate "
+                "the server; us/deliv holds"
             )
         if self.as_json:
             print(json.dumps(row), flush=True)
@@ -478,7 +486,20 @@ class Printer:
 class Target:
     url: str
     servers: list[ServerProcess]
-    pids: list[int]
+    pids: list[int]  # every process counted as "the server", Redis included when spawned
+    redis_pids: list[int] = field(default_factory=list)  # also reported on their own
+    # The CPUs the counted processes, and the generator, are pinned to (when known):
+    # whatever else runs there is other load.
+    server_cpus: list[int] = field(default_factory=list)
+    generator_cpus: list[int] = field(default_factory=list)
+    redis: RedisProcess | None = None
+
+    def stop(self) -> None:
+        """Stop what the bench started: the servers, then their Redis."""
+        for server in self.servers:
+            server.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
 
 def _sum(values: Sequence[float | int | None]) -> Any:
@@ -488,21 +509,43 @@ def _sum(values: Sequence[float | int | None]) -> Any:
     return sum(v for v in values if v is not None)
 
 
-def _measure(fleet: Fleet, target: Target, rate: float, duration: float) -> dict[str, Any]:
-    cpu0 = _sum([_proc_cpu(pid) for pid in target.pids])
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+def _measure(
+    fleet: Fleet,
+    target: Target,
+    rate: float,
+    duration: float,
+    senders: range | None = None,
+) -> dict[str, Any]:
+    cpu0 = _sum([proc_cpu(pid) for pid in target.pids])
     wait0 = _sum([run_queue_wait(pid) for pid in target.pids])
+    redis0 = _sum([proc_cpu(pid) for pid in target.redis_pids])
+    busy_srv0 = cpu_busy(target.server_cpus) if target.server_cpus else None
+    busy_gen0 = cpu_busy(target.generator_cpus) if target.generator_cpus else None
+    own0 = sum(os.times()[:2])
     t0 = time.time()
-    stats = fleet.run(rate, duration)
+    stats = fleet.run(rate, duration, senders)
     wall = time.time() - t0 - 0.3
-    cpu1 = _sum([_proc_cpu(pid) for pid in target.pids])
-    wait1 = _sum([run_queue_wait(pid) for pid in target.pids])
-    server_cpu = server_wait = None
+    own1 = sum(os.times()[:2])
+    busy_srv1 = cpu_busy(target.server_cpus) if target.server_cpus else None
+    busy_gen1 = cpu_busy(target.generator_cpus) if target.generator_cpus else None
     # CPU seconds over the whole step (send and drain); shares are of the step's wall time.
-    if cpu0 is not None and cpu1 is not None:
-        server_cpu = cpu1 - cpu0
-    if wait0 is not None and wait1 is not None:
-        server_wait = wait1 - wait0
-    rss = _sum([_proc_rss(pid) for pid in target.pids])
+    server_cpu = _delta(cpu0, _sum([proc_cpu(pid) for pid in target.pids]))
+    server_wait = _delta(wait0, _sum([run_queue_wait(pid) for pid in target.pids]))
+    redis_cpu = _delta(redis0, _sum([proc_cpu(pid) for pid in target.redis_pids]))
+    # Other load: what ran on the pinned CPUs besides the servers (and Redis), and besides
+    # the generator's workers and this process.
+    other_srv = other_gen = None
+    busy_srv = _delta(busy_srv0, busy_srv1)
+    if busy_srv is not None and server_cpu is not None:
+        other_srv = max(0.0, busy_srv - server_cpu)
+    busy_gen = _delta(busy_gen0, busy_gen1)
+    if busy_gen is not None:
+        other_gen = max(0.0, busy_gen - sum(s.cpu for s in stats) - (own1 - own0))
+    rss = _sum([proc_rss(pid) for pid in target.pids])
     return summarize(
         fleet.workload,
         rate,
@@ -512,6 +555,9 @@ def _measure(fleet: Fleet, target: Target, rate: float, duration: float) -> dict
         server_cpu=server_cpu,
         server_wait=server_wait,
         server_rss=rss,
+        redis_cpu=redis_cpu,
+        other_server_cpu=other_srv,
+        other_generator_cpu=other_gen,
         wall=max(wall, duration),
     )
 
@@ -587,6 +633,8 @@ def run_workload(
                 f"p99 {top['p99_ms']} ms <= {args.p99_bound} ms and no loss"
             )
             rows.append({**top, "max": True})
+            if printer.as_json:  # the result, machine-readable (the table has the note)
+                print(json.dumps(rows[-1]), flush=True)
         return rows
     finally:
         fleet.close()
@@ -598,11 +646,11 @@ def run_idle(
     if not target.pids:
         raise SystemExit("--idle needs --spawn or --server-pid to read the server's RSS")
     time.sleep(0.5)
-    before = _sum([_proc_rss(pid) for pid in target.pids]) or 0
+    before = _sum([proc_rss(pid) for pid in target.pids]) or 0
     fleet = Fleet(target.url, workload, args)
     try:
         time.sleep(2.0)
-        after = _sum([_proc_rss(pid) for pid in target.pids]) or 0
+        after = _sum([proc_rss(pid) for pid in target.pids]) or 0
         n = fleet.connected
         row = {
             "workload": f"{workload.name} idle",
@@ -626,49 +674,74 @@ def run_idle(
         fleet.close()
 
 
+def spawn_target(
+    args: argparse.Namespace, printer: Printer, instances: int, with_redis: bool
+) -> Target:
+    """Start ``instances`` servers (and a private Redis they share, if ``with_redis``), all
+    pinned to CPU 0 when there are other CPUs for the generator."""
+    cpus = _cpus()
+    cpu = 0 if len(cpus) > 1 else None
+    where = " pinned to CPU 0" if cpu is not None else ""
+    extra = ["--max-connections", "0", *args.server_arg]
+    redis: RedisProcess | None = None
+    if with_redis:
+        redis = RedisProcess(cpu, args.redis_server)
+        extra += ["--redis-url", redis.url]
+        printer.note(f"spawned redis-server pid {redis.pid} at {redis.url}{where}")
+    servers: list[ServerProcess] = []
+    target = Target(url="", servers=servers, pids=[], redis=redis)
+    try:
+        # Started together, then waited for: they boot in parallel.
+        for _ in range(max(1, instances)):
+            servers.append(ServerProcess(extra, cpu, wait=False, src=args.server_src))
+        for server in servers:
+            server.wait_listening()
+        if any(a.startswith("--redis-url") for a in extra):
+            for server in servers:
+                server.wait_ready()
+    except BaseException:
+        target.stop()
+        raise
+    for server in servers:
+        printer.note(f"spawned server pid {server.pid} at {server.url}{where}")
+    target.url = ",".join(s.url for s in servers)
+    target.pids = [s.pid for s in servers] + ([redis.pid] if redis else [])
+    target.redis_pids = [redis.pid] if redis else []
+    if cpu is not None:
+        target.server_cpus = [cpu]
+        target.generator_cpus = _generator_cpus(args)
+    return target
+
+
 def main(args: argparse.Namespace) -> int:
     _raise_file_limit()
+    _cpus()  # before this process moves to the generator's CPUs
     printer = Printer(args.json)
-    servers: list[ServerProcess] = []
+    if args.targeting:
+        from .targeting import run_targeting
+
+        return run_targeting(args, printer)
     if args.quick:
         args.spawn = True
-    if args.spawn:
-        cpus = _cpus()
-        extra = ["--max-connections", "0", *args.server_arg]
-        for _ in range(max(1, args.instances)):
-            server = ServerProcess(extra, 0 if len(cpus) > 1 else None)
-            servers.append(server)
-            printer.note(
-                f"spawned server pid {server.pid} at {server.url}"
-                + (" pinned to CPU 0, generator on the others" if len(cpus) > 1 else "")
-            )
-    target = Target(
-        url=",".join(s.url for s in servers) if servers else (args.url or DEFAULT_URL),
-        servers=servers,
-        pids=[s.pid for s in servers] + list(args.server_pid),
-    )
+    if args.spawn_redis and not args.spawn:
+        raise SystemExit("--spawn-redis goes with --spawn")
+    if args.spawn_redis and any(a.startswith("--redis-url") for a in args.server_arg):
+        raise SystemExit("--spawn-redis gives the servers their --redis-url: drop the other")
     if args.spawn and len(_cpus()) > 1:
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setaffinity(0, _generator_cpus(args))
     printer.note(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    if args.quick:
+        return _quick(args, printer)
+    if args.spawn:
+        target = spawn_target(args, printer, args.instances, args.spawn_redis)
+        target.pids += args.server_pid
+        if args.server_pid:  # not spawned here: where they run is not known
+            target.server_cpus = []
+    else:
+        target = Target(url=args.url or DEFAULT_URL, servers=[], pids=list(args.server_pid))
     try:
-        if args.quick:
-            plan = [
-                (Workload(100, 10), 25_000.0),
-                (Workload(100, 10), 100_000.0),
-                (Workload(1, 100), 150_000.0),
-            ]
-            for workload, deliveries in plan:
-                run_workload(
-                    workload,
-                    target,
-                    args,
-                    printer,
-                    rate=workload.rate_for(deliveries),
-                    duration=min(args.duration, 4.0),
-                )
-            return 0
-        workload = Workload(args.docs, args.users, args.payload)
+        workload = Workload(args.docs or 100, args.users or 10, args.payload)
         if args.idle:
             run_idle(workload, target, args, printer)
             return 0
@@ -689,11 +762,46 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     finally:
-        for server in servers:
-            server.stop()
+        target.stop()
 
 
+def _quick(args: argparse.Namespace, printer: Printer) -> int:
+    """``make bench``: one instance at three loads, then two instances + Redis at one."""
+    duration = min(args.duration, 4.0)
+    plans: list[tuple[int, bool, list[tuple[Workload, float]]]] = [
+        (
+            1,
+            False,
+            [
+                (Workload(100, 10), 25_000.0),
+                (Workload(100, 10), 100_000.0),
+                (Workload(1, 100), 150_000.0),
+            ],
+        ),
+        (2, True, [(Workload(100, 10), 25_000.0)]),
+    ]
+    for instances, with_redis, runs in plans:
+        if with_redis:
+            printer.note("two instances + a private Redis, all on the servers' CPU")
+        target = spawn_target(args, printer, instances, with_redis)
+        try:
+            for workload, deliveries in runs:
+                run_workload(
+                    workload,
+                    target,
+                    args,
+                    printer,
+                    rate=workload.rate_for(deliveries),
+                    duration=duration,
+                )
+        finally:
+            target.stop()
+    return 0
+
+
+@functools.cache
 def _cpus() -> list[int]:
+    """The CPUs the bench may use, as at its start (before it pins itself)."""
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:

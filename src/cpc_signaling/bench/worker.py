@@ -91,6 +91,14 @@ class Layout:
     tokens: list[str | None]
     users: int
     payload: str = "cursor"
+    # Which URL each connection uses (an index into ``url``'s list); None: round-robin,
+    # connection g on the (g % n)-th.
+    route: list[int] | None = None
+
+    def instance(self, index: int) -> int:
+        """The URL (instance) connection ``index`` uses."""
+        n = self.url.count(",") + 1
+        return self.route[index] if self.route is not None else index % n
 
 
 @dataclass
@@ -104,6 +112,8 @@ class StepStats:
     errors: int = 0  # Error frames received
     closed: int = 0  # connections closed or lost during the step
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    # The latencies of deliveries to a receiver on another instance than the sender's.
+    cross_latencies: array[float] = field(default_factory=lambda: array("d"))
     cpu: float = 0.0
     cpu_send: float = 0.0  # CPU seconds while sending: the saturation test
     cpu_wait: float = 0.0  # seconds runnable but not running: other load on the generator's CPU
@@ -131,7 +141,12 @@ class BenchConnection(asyncio.Protocol):
         self.close_code: int | None = None
         layout = worker.layout
         urls = layout.url.split(",")
-        self.url = urlsplit(urls[index % len(urls)].strip())
+        mine = layout.instance(index)
+        self.url = urlsplit(urls[mine].strip())
+        # Per sender of the document: is it on another instance (None: one instance only)?
+        self.cross: list[bool] | None = None
+        if len(urls) > 1:
+            self.cross = [layout.instance(self.base + i) != mine for i in range(layout.users)]
         doc, user = layout.doc_ids[index // layout.users], layout.user_ids[index]
         self.user_id = user.encode()
         if layout.payload == "presence":
@@ -236,6 +251,8 @@ class BenchConnection(asyncio.Protocol):
         parse = worker.clock.parse
         record = worker.latencies_on
         lat_append = stats.latencies.append
+        cross = self.cross
+        cross_append = stats.cross_latencies.append
         for line, column, ts in matches:
             seq = int(line)
             i = int(column) - base
@@ -258,7 +275,10 @@ class BenchConnection(asyncio.Protocol):
                 else:
                     stats.duplicated += 1
             if record:
-                lat_append(now - parse(ts))
+                latency = now - parse(ts)
+                lat_append(latency)
+                if cross is not None and cross[i]:
+                    cross_append(latency)
 
     # -- helpers ---------------------------------------------------------------
 
@@ -353,11 +373,15 @@ class Worker:
         self.conns.sort(key=lambda c: c.index)
         return len(failures), failures[:3]
 
-    async def run_step(self, rate: float, start_at: float, duration: float) -> StepStats:
-        """Send at ``rate`` per connection from ``start_at`` for ``duration`` s; then drain."""
+    async def run_step(
+        self, rate: float, start_at: float, duration: float, senders: range | None = None
+    ) -> StepStats:
+        """Send at ``rate`` per connection from ``start_at`` for ``duration`` s; then drain.
+
+        ``senders``: only the connections with these indexes send (all receive)."""
         seq0 = self.begin_step()
         stats = self.stats
-        conns = self.conns
+        conns = [c for c in self.conns if senders is None or c.index in senders]
         count = len(conns)
         clock = self.clock
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -468,8 +492,8 @@ async def _worker(layout: Layout, indexes: list[int], pipe: Connection) -> None:
     while True:
         command = await loop.run_in_executor(None, pipe.recv)
         if command[0] == "run":
-            _, rate, start_at, duration = command
-            stats = await worker.run_step(rate, start_at, duration)
+            _, rate, start_at, duration, senders = command
+            stats = await worker.run_step(rate, start_at, duration, senders)
             pipe.send(("stats", stats))
         else:
             worker.close()

@@ -1,9 +1,32 @@
-"""The aiohttp transport: ``/ws`` plus ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The aiohttp transport: ``/ws``, the plain HTTP endpoints and the HTTP API.
 
-Outgoing frames are framed once per message (one WebSocket text frame, server
-side, so unmasked) and the same bytes are written to every recipient's
-transport, without awaiting per recipient. A recipient whose socket buffer is
-full gets an :class:`Outbox` instead, flushed when the buffer drains.
+Only what talks to aiohttp lives here; what is decided about a connection is
+the front door's (``frontdoor.py``) and the service's.
+
+Writing. Outgoing frames are framed once per message (one WebSocket text
+frame, server side, so unmasked) and the same bytes are written to every
+recipient's transport, without awaiting per recipient. While a recipient's
+transport holds more than ``WRITE_HIGH_WATER`` bytes (or its outbox is not
+empty) its frames wait in its outbox instead, and one task per such peer writes
+the outbox as the transport drains (``await writer.drain()``). A join snapshot
+larger than the front door's stream threshold is written the same way, a
+chunk at a time.
+
+Closing. The front door owns the closing handshake: aiohttp's own
+``WebSocketResponse.close`` (which closes the transport without waiting for the
+peer's close frame, and whose transport close waits for a buffer that a
+stalled reader never drains) is not used. The close frame is written after
+what is queued; the handler keeps reading, discarding frames, until the peer's
+close frame arrives, and the transport is aborted if that has not happened
+within ``CLOSE_TIMEOUT``.
+
+Slow HTTP. aiohttp closes a connection that has not sent a complete request
+within its ``keepalive_timeout`` (counted from the connection's start, and
+between keep-alive requests): set to ``--handshake-timeout``. Requests other
+than ``/ws`` must also be answered within it (body included). The number of
+connections that are not WebSockets (requests and handshakes in progress,
+idle keep-alive) is capped by :class:`Gate` (``--max-handshakes``), the
+protocol factory :func:`listen` serves.
 """
 
 from __future__ import annotations
@@ -11,40 +34,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from aiohttp import WSMsgType, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from prometheus_client import Counter
 
-from ..core import Connection, Send
-from ..protocol import ErrorCode, ProtocolError
+from ..core import Send
 from .api import add_routes as add_api_routes
-from .auth import bearer_token
-from .demo import add_routes as add_browser_routes
-from .metrics import CONTENT_TYPE
-from .outbox import Outbox
+from .endpoints import Endpoints
+from .frontdoor import (
+    CLOSE_TIMEOUT,
+    STREAM_THRESHOLD,
+    Link,
+    close_payload,
+    handshake,
+    split_protocols,
+)
+from .logs import http_logger
 from .service import Peer, Service
+from .session import Session
 
 log = logging.getLogger("cpc_signaling.server")
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
 
-# Past this many bytes waiting in the kernel-side transport buffer, frames wait
-# in the outbox (where presence is conflated) instead.
+# Past this many bytes waiting in the transport's buffer, frames wait in the outbox
+# (where presence is conflated) instead; it is also the transport's high-water mark.
 WRITE_HIGH_WATER = 64 * 1024
-FLUSH_INTERVAL = 0.01
 
 _HEADER2 = struct.Struct("!BB").pack
 _HEADER4 = struct.Struct("!BBH").pack
 _HEADER10 = struct.Struct("!BBQ").pack
+_PING = b"\x89\x00"  # a server's ping frame, empty payload
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final WebSocket frame (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return _HEADER2(0x80 | opcode, n) + payload
+    if n < 65536:
+        return _HEADER4(0x80 | opcode, 126, n) + payload
+    return _HEADER10(0x80 | opcode, 127, n) + payload
 
 
 def text_frame(payload: bytes) -> bytes:
-    """One unmasked, final WebSocket text frame (RFC 6455 §5.2)."""
-    n = len(payload)
-    if n < 126:
-        return _HEADER2(0x81, n) + payload
-    if n < 65536:
-        return _HEADER4(0x81, 126, n) + payload
-    return _HEADER10(0x81, 127, n) + payload
+    """One unmasked, final WebSocket text frame."""
+    return _frame(0x1, payload)
 
 
 def wire_bytes(send: Send[Peer]) -> bytes:
@@ -56,6 +94,10 @@ def wire_bytes(send: Send[Peer]) -> bytes:
             text_frame(frames[0]) if len(frames) == 1 else b"".join(map(text_frame, frames))
         )
     return wire
+
+
+def _streamed(frames: Sequence[bytes]) -> bool:
+    return sum(map(len, frames)) > STREAM_THRESHOLD
 
 
 class Coalescer:
@@ -90,28 +132,39 @@ class Coalescer:
             try:
                 peer.write_pending()
             except Exception:  # one broken transport must not stall the others
-                log.exception("write failed; closing the connection")
+                log.exception("%s: write failed; dropping the connection", peer.name())
                 peer.abort()
 
 
-class WsPeer:
+class _WebSocket(web.WebSocketResponse):
+    """aiohttp's WebSocket, with the closing handshake left to the front door.
+
+    aiohttp calls ``close`` itself on a protocol error (a frame over the size
+    limit: 1009), on EOF and after the handler returns; its close would shut the
+    transport at once (the peer's unread close frame destroyed by a reset) or
+    wait on a buffer a stalled reader never drains. :class:`WsPeer` closes.
+    """
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        return False
+
+
+class WsPeer(Link):
     """One aiohttp WebSocket, as the service reaches it.
 
     Fast path: frames go to ``_pending`` and the :class:`Coalescer` writes them
-    once per loop iteration. Slow path (the kernel-side buffer holds more than
-    ``WRITE_HIGH_WATER``, decided at a peer's first frame of an iteration):
-    frames wait in the :class:`Outbox`, where presence is conflated, flushed
-    every ``FLUSH_INTERVAL`` while the buffer allows.
+    once per loop iteration. Slow path (the transport's buffer is over
+    ``WRITE_HIGH_WATER``, or something already waits, or a large snapshot): frames
+    wait in the outbox, and ``_drain`` writes it as the transport drains.
     """
 
     __slots__ = (
         "_coalescer",
-        "_flush_handle",
-        "_outbox",
+        "_drainer",
         "_pending",
-        "_service",
         "_transport",
-        "closed",
+        "_writer",
+        "gone",
         "last_seen",
         "ping_sent",
         "ws",
@@ -121,117 +174,209 @@ class WsPeer:
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
+        writer: AbstractStreamWriter,
         service: Service,
         coalescer: Coalescer | None = None,
     ) -> None:
+        super().__init__(service)
         self.ws = ws
         transport = request.transport
         assert transport is not None
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._transport = transport
-        self._service = service
+        self._writer = writer
         self._coalescer = coalescer or Coalescer()
-        self._outbox: Outbox | None = None  # created on first need: most peers never lag
         self._pending: list[bytes] | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self.closed = False
+        self._drainer: asyncio.Task[None] | None = None
+        self.gone = False  # the socket is closed or aborted: nothing more is written
         self.last_seen = 0.0  # loop time of the last frame received (set by the handler)
         self.ping_sent = 0.0  # loop time of the unanswered ping, 0 when none
 
-    def keepalive(self, now: float, interval: float, timeout: float) -> None:
-        """The :class:`Keepalive` sweep: ping after ``interval`` of silence; a ping
-        unanswered for ``timeout`` means the peer is gone: drop the connection (the
-        handler then runs ``on_close``, which leaves every document)."""
-        if self.closed:
-            return
-        if self.ping_sent:
-            if now - self.ping_sent >= timeout:
-                log.info("connection closed: no pong within %ss", timeout)
-                self.closed = True
-                self._transport.close()
-        elif now - self.last_seen >= interval:
-            self.ping_sent = now
-            self._transport.write(_PING)
+    def counted(self, send: Send[Peer]) -> Sequence[bytes]:
+        return (wire_bytes(send),)
+
+    @staticmethod
+    def wrap(frame: bytes) -> bytes:
+        return text_frame(frame)
+
+    # -- writing ------------------------------------------------------------------
 
     def deliver(self, send: Send[Peer]) -> None:
-        wire = send.wire
-        if wire is None:
-            wire = wire_bytes(send)
+        frames = send.frames
+        stream = len(frames) > 1 and _streamed(frames)  # a large snapshot: written lazily
         pending = self._pending
         if pending is not None:  # already writing this iteration
-            pending.append(wire)
+            if not stream:
+                wire = send.wire
+                pending.append(wire if wire is not None else wire_bytes(send))
+                return
+            self.write_pending()  # what came before the snapshot goes before it
+        if self.closing is not None or self.gone:
             return
-        if self.closed:
+        if stream or self.outbox or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            if self.queue(send, behind=True):
+                self._kick()
             return
-        if self._outbox or self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            self._enqueue(wire, send.key if len(send.frames) == 1 else None)
-            return
-        self._pending = [wire]
+        wire = send.wire
+        self._pending = [wire if wire is not None else wire_bytes(send)]
         self._coalescer.add(self)
 
     def write_pending(self) -> None:
         """The coalescer's turn: write this iteration's frames with one call."""
         pending = self._pending
         self._pending = None
-        if pending is None or self.closed:
+        if pending is None or self.gone:
             return
         transport = self._transport
-        if self.ws.closed or transport.is_closing():
-            self.closed = True
+        if transport.is_closing():
+            self.gone = True
             return
         transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def abort(self) -> None:
-        """Drop the connection at once (its handler then runs ``on_close``)."""
-        self._pending = None
-        self.closed = True
-        self._transport.close()
+    def _kick(self) -> None:
+        if self._drainer is None and not self.gone:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
-    def _enqueue(self, wire: bytes, key: tuple[str, str, str] | None) -> None:
-        outbox = self._outbox
-        if outbox is None:
-            outbox = self._outbox = Outbox(self._service.config.outbox_max_bytes)
-        if outbox.push(wire, key):
-            self._service.metrics.conflated.inc()
-        if outbox.overflowed:
-            log.info("slow reader over its %d-byte bound: closing", outbox.max_bytes)
-            self._service.metrics.closes.labels("slow_reader").inc()
-            outbox.take()
-            self.close(1013, "reader too slow")
+    async def _drain(self) -> None:
+        """Write the outbox as the transport drains; then the close frame, if closing."""
+        transport = self._transport
+        try:
+            while not self.gone:
+                outbox = self.outbox
+                if not outbox:
+                    break
+                if transport.is_closing():
+                    self.gone = True
+                    return
+                size = transport.get_write_buffer_size()
+                if size > WRITE_HIGH_WATER:  # the transport paused its protocol: wait
+                    await self._writer.drain()  # until under the transport's low-water mark
+                    if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                        await asyncio.sleep(0.01)  # it did not pause after all: poll
+                    continue
+                # At least one frame, then as much as fits under the high-water mark.
+                transport.write(b"".join(outbox.pop(WRITE_HIGH_WATER - size)))
+                await asyncio.sleep(0)  # a fast reader must not hold the loop
+        except (ConnectionError, RuntimeError):
+            self.gone = True
             return
-        if self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._flush)
+        finally:
+            self._drainer = None
+        if self.closing is not None and not self.gone:
+            self._write_close()
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        outbox = self._outbox
-        if outbox is None:
-            return
-        if self.closed or self.ws.closed or self._transport.is_closing():
-            outbox.take()
-            return
-        if self._transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
-            self._transport.write(b"".join(outbox.take()))
-        if outbox:
-            loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._flush)
+    # -- closing --------------------------------------------------------------------
 
     def close(self, code: int, reason: str) -> None:
-        if self.closed:
+        if not self.begin_close(code, reason):
             return
         if self._pending:
             self.write_pending()  # what was handed over before the close goes first
-        self.closed = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        # drain=False: waiting for a stalled reader's buffer to drain would never end, and
-        # the handler (hence on_close, the leaves) would wait with it. The close frame
-        # still follows everything written before it.
-        self._service.spawn(self.ws.close(code=code, message=reason.encode(), drain=False))
+        if self.outbox:
+            self._kick()  # the close frame follows the outbox (bounded; 2 s at most)
+        elif self._drainer is None:
+            self._write_close()
 
+    def _write_close(self) -> None:
+        assert self.closing is not None
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(_frame(0x8, close_payload(*self.closing)))
 
-_PING = b"\x89\x00"  # a server's ping frame, empty payload
+    def peer_closed(self, code: int | None) -> None:
+        """The peer's close frame arrived: the handshake is complete on its side."""
+        if self.closing is None:
+            # The peer started it: answer with its code (RFC 6455 §5.5.1), then close.
+            self.begin_close(code or 1000, "")
+            self._pending = None
+            if self.outbox:
+                self.outbox.clear()
+            self._write_close()
+        self._transport.close()  # after the buffer drains; the deadline aborts otherwise
+
+    def abort(self) -> None:
+        """Drop the connection at once (its handler then ends and runs ``on_close``)."""
+        self._pending = None
+        self.gone = True
+        if self._drainer is not None:
+            self._drainer.cancel()
+        self._transport.abort()
+
+    def finished(self) -> None:
+        """The handler is done: close the socket; abort it if its buffer does not drain."""
+        self.gone = True
+        if self._drainer is not None:
+            self._drainer.cancel()
+        transport = self._transport
+        if not transport.is_closing():
+            transport.close()
+        if transport.get_write_buffer_size():
+            self.arm_deadline()  # a close waits for the buffer: not forever
+        else:
+            super().finished()
+
+    # -- pings ----------------------------------------------------------------------
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """The :class:`Keepalive` sweep: ping after ``interval`` of silence; a ping
+        unanswered for ``timeout`` means the peer is gone: closed (1011), and it
+        leaves at once."""
+        if self.closing is not None or self.gone:
+            return
+        if self.ping_sent:
+            if now - self.ping_sent >= timeout:
+                self.end(1011, f"no pong within {timeout:g}s", "ping_timeout")
+        elif now - self.last_seen >= interval:
+            self.ping_sent = now
+            self._transport.write(_PING)
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def serve(self, session: Session | None) -> None:
+        """Read frames until the closing handshake is over (or the socket is gone).
+
+        While closing, every frame is read and discarded: a lingering close, so the
+        peer's data never sits unread when the socket closes (a reset would destroy
+        the close frame the peer has not read yet).
+        """
+        service = self.service
+        ws = self.ws
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            self.last_seen = loop.time()
+            if kind is WSMsgType.TEXT:
+                if session is not None and self.closing is None:
+                    pending = service.on_frame(session, msg.data)
+                    if pending is not None:
+                        await pending
+            elif kind is WSMsgType.BINARY:
+                if session is not None and self.closing is None:
+                    service.on_binary(session, len(msg.data))
+            elif kind is WSMsgType.PONG:
+                self.ping_sent = 0.0
+            elif kind is WSMsgType.PING:
+                if self.closing is None and not self.gone:
+                    self._transport.write(_frame(0xA, msg.data))
+            elif kind is WSMsgType.CLOSE:
+                self.peer_closed(msg.data)
+                return
+            elif kind is WSMsgType.ERROR:
+                if self._transport.is_closing():
+                    return
+                # A protocol error aiohttp's reader found: its parser is dead, what the
+                # peer still sends is read and dropped underneath. Close, and wait for
+                # the deadline: the peer's close frame cannot be parsed any more.
+                code = int(getattr(msg.data, "code", 1002))
+                if code == 1009 and session is not None:
+                    service.on_too_big(session)
+                else:
+                    self.end(code, "protocol error", "protocol_error")
+                await asyncio.sleep(CLOSE_TIMEOUT)  # the close deadline aborts it meanwhile
+                return
+            else:  # CLOSED, CLOSING: the socket is gone
+                return
 
 
 class Keepalive:
@@ -274,98 +419,229 @@ class Keepalive:
         self._schedule(loop)
 
 
+# -- the handshake cap ----------------------------------------------------------------
+
+
+class _Counted:
+    """aiohttp's protocol for one connection, counted while it is open.
+
+    The hot callbacks are aiohttp's own bound methods (instance attributes), so
+    reading and writing cost nothing extra; only the connection's start and end
+    pass through here.
+    """
+
+    __slots__ = (
+        "_gate",
+        "_inner",
+        "data_received",
+        "eof_received",
+        "pause_writing",
+        "resume_writing",
+    )
+
+    def __init__(self, gate: Gate, inner: asyncio.Protocol) -> None:
+        self._gate = gate
+        self._inner = inner
+        self.data_received = inner.data_received
+        self.eof_received = inner.eof_received
+        self.pause_writing = inner.pause_writing
+        self.resume_writing = inner.resume_writing
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._gate.open += 1
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.open -= 1
+        self._inner.connection_lost(exc)
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over ``--max-handshakes``: its request is answered 503, and it is
+    closed (dropped after a second if it sends nothing)."""
+
+    __slots__ = ("_timer", "_transport")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(1.0, self._transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self._timer.cancel()
+        body = b"too many connections in progress; retry later\n"
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        self._transport.write(head.encode() + body)
+        self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+
+
+class Gate:
+    """The protocol factory :func:`listen` serves: aiohttp's, behind ``--max-handshakes``.
+
+    Counts the connections open and those that became WebSockets; the difference
+    (HTTP requests and WebSocket handshakes in progress, idle keep-alive
+    connections) is capped: a new connection past the cap gets 503 and is closed
+    before any of it is read.
+    """
+
+    __slots__ = ("_factory", "_refused", "cap", "open", "upgraded")
+
+    def __init__(self, cap: int, refused: Counter) -> None:
+        self.cap = cap
+        self._refused = refused
+        self._factory: Callable[[], Any] | None = None
+        self.open = 0  # TCP connections open
+        self.upgraded = 0  # of them, WebSockets (their handler is running)
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.open - self.upgraded)
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if self.cap and self.pending >= self.cap:
+            self._refused.inc()
+            return _Busy()
+        assert self._factory is not None, "listen() binds the gate to a runner"
+        return cast(asyncio.BaseProtocol, _Counted(self, self._factory()))
+
+    def live(self) -> dict[str, tuple[str, float]]:
+        return {
+            "handshakes": (
+                "connections that are not WebSockets: HTTP requests and WebSocket "
+                "handshakes in progress, idle keep-alive (capped by --max-handshakes)",
+                self.pending,
+            )
+        }
+
+
 COALESCER: web.AppKey[Coalescer] = web.AppKey("coalescer", Coalescer)
 KEEPALIVE: web.AppKey[Keepalive | None] = web.AppKey("keepalive")
+GATE: web.AppKey[Gate] = web.AppKey("gate", Gate)
+
+
+async def listen(
+    runner: web.AppRunner, host: str, port: int, *, ssl_context: Any = None
+) -> asyncio.Server:
+    """Serve ``runner`` (set up) on ``host:port`` behind its app's :class:`Gate`.
+
+    Close the returned server to stop accepting, then clean the runner up.
+    """
+    gate = runner.app[GATE]
+    server = runner.server
+    assert server is not None, "call runner.setup() first"
+    gate._factory = server
+    loop = asyncio.get_running_loop()
+    timeout = runner.app[SERVICE].config.handshake_timeout
+    return await loop.create_server(
+        gate,
+        host,
+        port,
+        ssl=ssl_context,
+        # A TLS handshake comes before any request: the same bound (asyncio's default: 60 s).
+        ssl_handshake_timeout=(timeout or None) if ssl_context is not None else None,
+        reuse_address=True,
+    )
+
+
+# -- handlers -----------------------------------------------------------------------------
 
 
 async def _websocket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    if service.draining:
-        raise web.HTTPServiceUnavailable(text="shutting down")
-    if not service.guard.origin_allowed(request.headers.get(hdrs.ORIGIN)):
-        # A browser page from another site: refused before the upgrade (docs/security.md).
-        raise web.HTTPForbidden(text="origin not allowed\n")
-    token = bearer_token(request.query.get("token"), request.headers.get(hdrs.AUTHORIZATION))
+    decision = handshake(
+        service,
+        origin=request.headers.get(hdrs.ORIGIN),
+        authorization=request.headers.get(hdrs.AUTHORIZATION),
+        subprotocols=split_protocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ())),
+        query_token=request.query.get("token"),
+        remote=request.remote,
+    )
+    if not decision.accepted:
+        return web.Response(status=decision.status, text=decision.body)
     config = service.config
-    ws = web.WebSocketResponse(
+    ws = _WebSocket(
         max_msg_size=config.max_message_bytes,
         autoping=False,  # pings and pongs are ours: see Keepalive
+        autoclose=False,  # and so is the closing handshake: see WsPeer
         compress=False,
         decode_text=False,
+        protocols=(decision.subprotocol,) if decision.subprotocol else (),
     )
-    await ws.prepare(request)
-    peer = WsPeer(ws, request, service, request.app[COALESCER])
-    loop = asyncio.get_running_loop()
+    writer = await ws.prepare(request)
+    gate = request.app[GATE]
+    gate.upgraded += 1
+    peer = WsPeer(ws, request, writer, service, request.app[COALESCER])
+    peer.last_seen = asyncio.get_running_loop().time()
     keepalive = request.app[KEEPALIVE]
-    peer.last_seen = loop.time()
     if keepalive is not None:
         keepalive.add(peer)
-    admitted = service.admit(peer, token)
-    if admitted is None:  # refused: the Error is sent and the close started
-        try:
-            async for _ in ws:
-                pass
-        finally:
-            if keepalive is not None:
-                keepalive.discard(peer)
-        return ws
-    conn: Connection[Peer] = admitted
+    session = peer.session = service.admit(peer, decision.token)
     try:
-        async for msg in ws:
-            peer.last_seen = loop.time()
-            if msg.type is WSMsgType.TEXT:
-                pending = service.on_frame(conn, msg.data)
-                if pending is not None:
-                    await pending
-            elif msg.type is WSMsgType.PONG:
-                peer.ping_sent = 0.0
-            elif msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                service.metrics.bytes_in.inc(len(msg.data))
-                service.reject(
-                    conn,
-                    ProtocolError(
-                        ErrorCode.PARSE_ERROR, "binary frames are not accepted: send JSON text"
-                    ),
-                )
+        await peer.serve(session)
     finally:
-        peer.closed = True
+        gate.upgraded -= 1
         if keepalive is not None:
             keepalive.discard(peer)
-        service.on_close(conn)
+        peer.finished()
+        if session is not None:
+            service.on_close(session)
     return ws
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+def _endpoint(endpoints: Endpoints) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        response = endpoints.respond(
+            request.method, request.path, request.headers.get(hdrs.IF_NONE_MATCH)
+        )
+        return web.Response(status=response.status, body=response.body, headers=response.headers)
+
+    return handler
 
 
-async def _readyz(request: web.Request) -> web.Response:
-    ready, text = request.app[SERVICE].readiness()
-    return web.Response(status=200 if ready else 503, text=text)
+def _deadline(timeout: float) -> Any:
+    @web.middleware
+    async def deadline(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/ws" or timeout <= 0:
+            return await handler(request)
+        try:
+            async with asyncio.timeout(timeout):
+                return await handler(request)
+        except TimeoutError:
+            return web.Response(status=408, text="request not complete in time\n")
 
-
-async def _metrics(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    service.flush_tally()
-    body = service.metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    return deadline
 
 
 def create_app(service: Service) -> web.Application:
-    """The aiohttp application serving ``service``."""
-    app = web.Application()
+    """The aiohttp application serving ``service``; serve it with :func:`listen`."""
+    config = service.config
+    app = web.Application(
+        middlewares=[_deadline(config.handshake_timeout)],
+        handler_args={
+            # Counted from the connection's start: a request whose headers never
+            # complete is closed after this long (and an idle keep-alive connection).
+            "keepalive_timeout": config.handshake_timeout,
+            "logger": http_logger(),
+        },
+    )
     app[SERVICE] = service
     app[COALESCER] = Coalescer()
-    config = service.config
     app[KEEPALIVE] = (
         Keepalive(config.ping_interval, config.ping_timeout) if config.ping_interval else None
     )
+    gate = app[GATE] = Gate(config.max_handshakes, service.guard.refused.labels("max_handshakes"))
+    service.metrics.watch(gate.live)
     app.router.add_get("/ws", _websocket)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
+    endpoints = Endpoints(service)
+    handler = _endpoint(endpoints)
+    for path in endpoints.paths:
+        app.router.add_route("*", path, handler)
     add_api_routes(app, service)  # the HTTP API: 404 unless --api-key is set
-    add_browser_routes(app, demo=service.config.demo)  # /client.js; / unless --no-demo
     return app

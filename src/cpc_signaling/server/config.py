@@ -98,9 +98,27 @@ class Config:
     )
     rate_limit: float = _opt(200.0, "messages per second one connection may send; 0 disables")
     rate_burst: int = _opt(400, "messages one connection may send at once above --rate-limit")
+    stored_rate_limit: float = _opt(
+        10.0,
+        "Annotation and Comment messages per second one connection may send, on top of "
+        "--rate-limit; 0 disables (bulk writers use the HTTP API)",
+    )
+    stored_rate_burst: int = _opt(
+        20, "Annotations and Comments one connection may send at once above --stored-rate-limit"
+    )
     max_connections: int = _opt(10_000, "WebSocket connections this process serves; 0: no cap")
     max_connections_per_user: int = _opt(
         100, "connections one user_id may hold on this process; 0: no cap"
+    )
+    max_handshakes: int = _opt(
+        1000,
+        "connections this process holds that are not (yet) WebSockets: HTTP requests and "
+        "handshakes in progress, idle keep-alive; past it new ones get 503; 0: no cap",
+    )
+    handshake_timeout: float = _opt(
+        10.0,
+        "seconds a client may take to send a complete HTTP request (the WebSocket "
+        "handshake included), and an idle keep-alive connection may stay; then it is closed",
     )
     tls_cert: str | None = _opt(None, "PEM certificate chain: serve wss:// and https://")
     tls_key: str | None = _opt(None, "PEM private key of --tls-cert")

@@ -22,12 +22,14 @@ import contextlib
 import json
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
-if TYPE_CHECKING:
-    from .service import Service
+from .config import Config
+from .errors import Unavailable
+from .metrics import Metrics
 
 log = logging.getLogger("cpc_signaling.control")
 
@@ -35,13 +37,19 @@ BACKOFF_INITIAL = 0.1
 BACKOFF_MAX = 5.0
 
 
+Disconnect = Callable[[str, str], int]
+"""Close a user's local connections: (user_id, reason) -> how many were closed."""
+
+
 class ControlChannel:
-    def __init__(self, service: Service) -> None:
-        config = service.config
+    def __init__(
+        self, config: Config, instance_id: str, metrics: Metrics, disconnect: Disconnect
+    ) -> None:
         assert config.redis_url
-        self._service = service
+        self._metrics = metrics
+        self._disconnect = disconnect
         self.channel = f"{config.redis_prefix}:control"
-        self._origin = service.instance_id
+        self._origin = instance_id
         # Two connections: the subscriber blocks on reads; orders are published on
         # the other, with timeouts, so that an API call fails fast when Redis is down.
         self._publisher: Any = aioredis.from_url(
@@ -75,10 +83,8 @@ class ControlChannel:
         """Tell every other instance to close ``user_id``'s connections.
 
         Returns how many instances (including this one) were subscribed. Raises
-        :class:`~.service.Unavailable` when Redis cannot be reached.
+        :class:`~.errors.Unavailable` when Redis cannot be reached.
         """
-        from .service import Unavailable
-
         order = {"op": "disconnect", "user_id": user_id, "reason": reason, "origin": self._origin}
         try:
             receivers: int = await self._publisher.publish(self.channel, json.dumps(order))
@@ -90,7 +96,7 @@ class ControlChannel:
         if connected == self.connected:
             return
         self.connected = connected
-        self._service.metrics.control_connected.set(1 if connected else 0)
+        self._metrics.control_connected.set(1 if connected else 0)
         if connected:
             self._subscribed.set()
             log.info("control channel %s subscribed", self.channel)
@@ -129,7 +135,7 @@ class ControlChannel:
                 return
             if order.get("op") == "disconnect":
                 user_id = str(order["user_id"])
-                self._service.disconnect_local(user_id, str(order.get("reason") or ""))
+                self._disconnect(user_id, str(order.get("reason") or ""))
             else:
                 log.warning("control channel: unknown order %r", order.get("op"))
         except Exception:  # a bad order must not kill the listener

@@ -4,16 +4,17 @@
 served, so a page can ``import { CpcClient } from "https://signaling.example/client.js"``.
 The demo page (``/``, ``/demo/demo.css``, ``/demo/demo.js``) is served unless
 ``--no-demo``. Only the files named here are served: no directory listing, no
-path taken from the request.
+path taken from the request. Both transports serve them (``endpoints.py``): the
+files are read once at start, answered with an ``ETag`` and ``Cache-Control:
+no-cache`` (a browser revalidates and gets ``304`` while the file is unchanged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-
-from aiohttp import web
 
 STATIC: Final = Path(__file__).resolve().parent.parent / "static"
 
@@ -38,15 +39,25 @@ DEMO_FILES: Final = {
     "/demo/favicon.svg": "favicon.svg",
 }
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    body: bytes
+    headers: dict[str, str]  # Content-Type, ETag and the policy headers
+
+    @property
+    def etag(self) -> str:
+        return self.headers["ETag"]
 
 
-def _file(name: str, *, csp: str | None = None) -> Handler:
+def _file(name: str, *, csp: str | None = None) -> StaticFile:
     path = STATIC / name
+    body = path.read_bytes()
     headers = {
         "Content-Type": _TYPES.get(path.suffix, "application/octet-stream"),
-        # Revalidate each time (ETag / Last-Modified): an upgraded server is seen at once.
+        # Revalidate each time (ETag): an upgraded server is seen at once.
         "Cache-Control": "no-cache",
+        "ETag": '"' + hashlib.sha256(body).hexdigest()[:20] + '"',
         "X-Content-Type-Options": "nosniff",
         # The client module may be imported by pages on other origins.
         "Access-Control-Allow-Origin": "*",
@@ -54,17 +65,13 @@ def _file(name: str, *, csp: str | None = None) -> Handler:
     if csp is not None:
         headers["Content-Security-Policy"] = csp
         del headers["Access-Control-Allow-Origin"]
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(path, headers=headers)
-
-    return handler
+    return StaticFile(body, headers)
 
 
-def add_routes(app: web.Application, *, demo: bool) -> None:
-    """Add the client routes, and the demo's when ``demo``."""
-    for route, name in CLIENT_FILES.items():
-        app.router.add_get(route, _file(name))
+def load(*, demo: bool) -> dict[str, StaticFile]:
+    """The files to serve, by path: the client's, and the demo's when ``demo``."""
+    files = {route: _file(name) for route, name in CLIENT_FILES.items()}
     if demo:
         for route, name in DEMO_FILES.items():
-            app.router.add_get(route, _file(name, csp=_DEMO_CSP if name == "index.html" else None))
+            files[route] = _file(name, csp=_DEMO_CSP if name == "index.html" else None)
+    return files

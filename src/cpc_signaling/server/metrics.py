@@ -48,6 +48,12 @@ class Metrics:
         self.closes = Counter(
             "cpc_closes", "connections closed by the server, by reason", ["reason"], registry=r
         )
+        self.close_timeouts = Counter(
+            "cpc_close_timeouts",
+            "connections whose closing handshake did not finish within 2 s of the server's "
+            "decision to close: their socket was aborted",
+            registry=r,
+        )
         self.conflated = Counter(
             "cpc_conflated", "presence frames replaced by a newer one for a slow reader", registry=r
         )

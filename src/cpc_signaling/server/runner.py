@@ -11,7 +11,7 @@ import ssl
 
 from aiohttp import web
 
-from .app import create_app
+from .app import create_app, listen
 from .config import Config
 from .service import Service
 
@@ -26,9 +26,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     app = create_app(service)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls_context(config))
-    await site.start()
-    host, port = _bound_address(runner, config)
+    server = await listen(runner, config.host, config.port, ssl_context=tls_context(config))
+    host, port = _bound_address(server, config)
     # Handlers before the "listening" line: whoever reads it may signal at once.
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,21 +35,33 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     mode = f"redis {config.redis_url}" if config.redis_url else "in-memory state"
-    # The address line is the contract's way to learn a --port 0 port: shown at any level.
+    # The address line is the contract's way to learn a --port 0 port: shown at any
+    # level, and so are the lines saying where the demo is and whether the API is on.
+    level = max(logging.INFO, logging.getLogger().getEffectiveLevel())
+    secure = bool(config.tls_cert)
     log.log(
-        max(logging.INFO, logging.getLogger().getEffectiveLevel()),
+        level,
         "cpc-signaling listening on %s://%s:%d/ws (instance %s, %s)",
-        "wss" if config.tls_cert else "ws",
+        "wss" if secure else "ws",
         host,
         port,
         service.instance_id,
         mode,
     )
+    page = f"{'https' if secure else 'http'}://{_browsable(host)}:{port}/"
+    if config.demo:
+        log.log(level, "demo: open %s in a few browser tabs (--no-demo turns it off)", page)
+    else:
+        log.log(level, "demo: off (--no-demo); the JS client is at %sclient.js", page)
+    if config.api_key:
+        log.log(level, "HTTP API: on at %sapi/ (callers send 'Authorization: Bearer <key>')", page)
+    else:
+        log.log(level, "HTTP API: off (set --api-key to turn it on)")
     try:
         await stop.wait()
     finally:
         log.info("shutting down: announcing leaves and closing connections (1001)")
-        await site.stop()  # stop accepting
+        server.close()  # stop accepting
         await service.drain()
         await service.close()
         await runner.cleanup()
@@ -79,11 +90,19 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-def _bound_address(runner: web.AppRunner, config: Config) -> tuple[str, int]:
-    for address in runner.addresses:
+def _bound_address(server: asyncio.Server, config: Config) -> tuple[str, int]:
+    for sock in server.sockets:
+        address = sock.getsockname()
         if isinstance(address, tuple) and len(address) >= 2:
             return config.host, int(address[1])
     return config.host, config.port
+
+
+def _browsable(host: str) -> str:
+    """An address a browser on this machine can open, for a wildcard listen address."""
+    if host in ("0.0.0.0", "", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def tune_gc() -> None:

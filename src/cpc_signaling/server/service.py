@@ -1,10 +1,21 @@
-"""The running service: hub, backend, codec and metrics, independent of the transport.
+"""The running service: hub, backend, codec and sessions, independent of the transport.
 
-A transport (the aiohttp server, the ASGI app) accepts a connection, wraps it
-in a :class:`Peer`, and calls :meth:`Service.open`, :meth:`Service.on_frame`
-for each text frame and :meth:`Service.on_close` once at the end. Everything
-else (routing, snapshots, errors, the error budget, attaching documents to the
-backend) happens here, so every transport behaves the same.
+A transport (``app.py`` for aiohttp, ``asgi.py``) decides the handshake with the
+front door (``frontdoor.py``), wraps the socket in a :class:`Peer`, and calls
+:meth:`Service.admit`, :meth:`Service.on_frame` for each text frame and
+:meth:`Service.on_close` once at the end. What happens to a connection
+(routing, snapshots, errors, its limits, when and why it is closed) is decided
+here and in its :class:`~.session.Session`, so every transport behaves the same.
+
+Jobs given away: hot-path metric counts (``tally.py``), every call into the
+backend (``following.py``), per-connection state (``session.py``), admission
+(``guard.py``), the cross-instance control channel (``control.py``).
+
+The close policy: from the moment the server decides to close a connection
+(:meth:`Service.end`, whatever the reason), it is let go: frames still arriving
+are ignored and its leaves are announced at once (on the next turn of the event
+loop, not when its socket is finally gone); the transport then runs the closing
+handshake (``Peer.close``).
 """
 
 from __future__ import annotations
@@ -17,11 +28,10 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ..backends import Backend, BackendHooks, MemoryBackend, create_backend
+from ..backends import Backend, BackendHooks, create_backend
 from ..core import (
     Connection,
     DocumentState,
-    ErrorBudget,
     Event,
     Hub,
     Joined,
@@ -41,11 +51,18 @@ from ..protocol import (
 )
 from ..protocol.ids import canonical_uuid
 from .config import Config
-from .guard import Guard, Refusal, Verdict
+from .errors import Unavailable
+from .following import Following
+from .guard import Guard, Refusal
 from .metrics import Metrics
+from .session import Session, Verdict
+from .tally import Tally
 
 if TYPE_CHECKING:
     from .control import ControlChannel
+    from .outbox import Outbox
+
+__all__ = ["Peer", "PresentUser", "Service", "Unavailable"]
 
 log = logging.getLogger("cpc_signaling.server")
 
@@ -57,11 +74,13 @@ class Peer(Protocol):
         """Queue or write ``send.frames``; never blocks, never raises."""
 
     def close(self, code: int, reason: str) -> None:
-        """Start closing the connection with ``code``; never blocks."""
+        """Run the closing handshake with ``code``: the close frame after what is
+        queued, then a lingering close, the socket aborted if it does not finish in
+        time. Never blocks; idempotent."""
 
-
-class Unavailable(Exception):
-    """The service cannot act now (draining, or its backend is not ready)."""
+    @property
+    def outbox(self) -> Outbox | None:
+        """Frames waiting for the socket (None: nothing ever waited)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +100,6 @@ class Service:
         self.instance_id = config.instance_id or uuid.uuid4().hex[:12]
         if backend is None:
             backend = create_backend(config.redis_url, config=config, instance_id=self.instance_id)
-        self.backend = backend
         limits = Limits(
             max_documents_per_connection=config.max_documents_per_connection,
             max_members_per_document=config.max_members_per_document,
@@ -90,33 +108,25 @@ class Service:
             max_documents=config.max_documents,
             max_stored_bytes=config.max_stored_bytes,
         )
-        # A shared backend (Redis) holds the state and must be attached to per document;
-        # the memory backend's state is this hub itself: no attach, no detach, no task.
-        self._shared = not isinstance(backend, MemoryBackend)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.hub: Hub[Peer] = Hub(
-            instance_id=self.instance_id,
-            limits=limits,
-            retain_idle=not self._shared,
+            instance_id=self.instance_id, limits=limits, retain_idle=not Following.shares(backend)
         )
+        self.following = Following(backend, self.hub, self.spawn)
         self.decoder = Decoder(max_content_chars=config.max_content_chars)
         self.metrics = metrics or Metrics()
+        self.tally = Tally(self.metrics)
+        self.guard = Guard(config, self.metrics)  # auth and connection caps
+        self.sessions: dict[str, Session] = {}  # connection id -> its session
         self.draining = False
-        self._attached: dict[str, asyncio.Future[None]] = {}
-        # Detaches under way: a new attach of the document waits for its detach first.
-        self._detaching: dict[str, asyncio.Future[None]] = {}
-        self._budgets: dict[str, ErrorBudget] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # Hot-path counts, added up per event-loop iteration and handed to the
-        # Prometheus counters once (their inc() takes a lock: too dear per frame).
-        self._tally_in: dict[str, int] = {}  # message type -> count
-        self._tally_out: dict[str, list[int]] = {}  # kind -> [frames, bytes]
-        self._tally_bytes_in = 0
-        self._tally_due = False
         self._fanout_sample = 0
-        self.guard = Guard(config, self.metrics)  # auth, caps, rate limits, token expiry
         self.metrics.watch(self._live_metrics)
         # Cross-instance "disconnect user X" (server/control.py); only with Redis.
         self.control: ControlChannel | None = None
+
+    @property
+    def backend(self) -> Backend:
+        return self.following.backend
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -128,123 +138,141 @@ class Service:
             held=self.hub.memberships,
             metrics=self.metrics,
         )
-        await self.backend.start(self._on_event, hooks)
+        await self.following.start(self._on_event, hooks)
         if self.config.redis_url:
             from .control import ControlChannel
 
-            self.control = ControlChannel(self)
+            self.control = ControlChannel(
+                self.config, self.instance_id, self.metrics, self.disconnect_local
+            )
             await self.control.start()
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, the body of /readyz) for every transport."""
         if self.ready:
             return True, "ready\n"
-        reason = "draining" if self.draining else f"backend {self.backend.name} not ready"
+        reason = "draining" if self.draining else f"backend {self.following.name} not ready"
         return False, f"not ready: {reason}\n"
 
     @property
     def ready(self) -> bool:
-        return not self.draining and self.backend.ready
+        return not self.draining and self.following.ready
 
     async def drain(self) -> None:
-        """Stop serving: every local connection leaves every document, as if it had said so."""
+        """Stop serving: every local connection leaves every document, as if it had said
+        so, then is closed with 1001."""
         self.draining = True
-        conns = list(self.hub.connections.values())
-        for conn in conns:
-            self._leave_all(conn)
-        for conn in conns:
-            conn.peer.close(1001, "server shutting down")
-        log.info("drained %d connections", len(conns))
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            self._leave(session)  # now: the backend is about to close
+        for session in sessions:
+            self.end(session, 1001, "server shutting down", "drain", quiet=True)
+        log.info("drained %d connections", len(sessions))
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
         if self.control is not None:
             await self.control.close()
-        await self.backend.close()
+        await self.following.close()
 
     # -- connections ---------------------------------------------------------
 
-    def open(
-        self,
-        peer: Peer,
-        *,
-        user_id: str | None = None,
-        allowed_documents: frozenset[str] | None = None,
-        info: bytes | None = None,
-    ) -> Connection[Peer]:
-        conn = self.hub.connect(
-            peer, user_id=user_id, allowed_documents=allowed_documents, info=info
-        )
-        self.metrics.connections_total.inc()
-        log.debug("connection %s opened (user %s)", conn.id, user_id or "unbound", extra=_ctx(conn))
-        return conn
-
-    def admit(self, peer: Peer, token: str | None) -> Connection[Peer] | None:
+    def admit(self, peer: Peer, token: str | None) -> Session | None:
         """Open a connection for a handshake that presented ``token`` (None: no token).
 
         Refused (bad token, a cap reached): ``peer`` is sent the Error and closed
         (1008 or 1013), and None is returned: the transport only waits for the close.
         """
-        verdict = self.guard.admit(token, len(self.hub.connections))
+        verdict = self.guard.admit(token, len(self.sessions))
         if isinstance(verdict, Refusal):
-            frame = encode(Error(code=verdict.code, message=verdict.message))
             self.metrics.errors.labels(verdict.code).inc()
+            frame = encode(Error(code=verdict.code, message=verdict.message))
             peer.deliver(Send((peer,), (frame,), "Error"))
             self.metrics.closes.labels(verdict.reason).inc()
-            peer.close(verdict.close_code, verdict.message[:100])
+            peer.close(verdict.close_code, verdict.message)
             return None
         if verdict is None:
-            conn = self.open(peer)
+            conn = self.hub.connect(peer)
         else:
-            conn = self.open(
+            conn = self.hub.connect(
                 peer,
                 user_id=verdict.user_id,
                 allowed_documents=verdict.allowed_documents,
                 info=verdict.info,  # the token's info wins, even when it has none
             )
-        self.guard.attach(conn.id, verdict, lambda: self._expire(conn))
-        return conn
+        session = self.sessions[conn.id] = Session(conn, self.config)
+        if verdict is not None:
+            self.guard.count(verdict)
+            session.counted = verdict.user_id
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, verdict.expires_at - time.time())
+            session.expiry = loop.call_at(loop.time() + delay, self._expire, session)
+        self.metrics.connections_total.inc()
+        log.debug("%s opened", session.describe(), extra=session.context())
+        return session
 
-    def _expire(self, conn: Connection[Peer]) -> None:
+    def _expire(self, session: Session) -> None:
         """The connection's token expired while it was open: AUTH_ERROR, then 1008."""
-        if self.hub.connections.get(conn.id) is not conn:
+        session.expiry = None
+        if session.closing is None:
+            self.send_error(session.peer, ErrorCode.AUTH_ERROR, "token expired")
+            self.end(session, 1008, "token expired", "token_expired")
+
+    def end(self, session: Session, code: int, reason: str, why: str, quiet: bool = False) -> None:
+        """The server closes ``session`` with ``code`` (the close policy).
+
+        From now on it is let go: its frames are ignored, its leaves are submitted on
+        the next turn of the loop (not from inside a fan-out that may be running), and
+        its peer runs the closing handshake. ``why`` labels ``cpc_closes_total``.
+        Idempotent: the first decision wins.
+        """
+        if session.closing is not None:
             return
-        log.info(
-            "connection %s (user %s): token expired, closing",
-            conn.id,
-            conn.user_id,
-            extra=_ctx(conn),
-        )
-        self.send_error(conn, ErrorCode.AUTH_ERROR, "token expired")
-        self.metrics.closes.labels("token_expired").inc()
-        conn.peer.close(1008, "token expired")
+        session.closing = (code, reason)
+        session.release()
+        self.metrics.closes.labels(why).inc()
+        if not quiet:
+            log.info(
+                "%s: closing with %d (%s)",
+                session.describe(),
+                code,
+                reason,
+                extra=session.context(),
+            )
+        asyncio.get_running_loop().call_soon(self._leave, session)
+        session.peer.close(code, reason)
 
-    def on_close(self, conn: Connection[Peer]) -> None:
+    def on_close(self, session: Session) -> None:
         """The connection is gone (closed, failed or timed out): it leaves everything."""
-        self._leave_all(conn)
-        self._budgets.pop(conn.id, None)
-        self.guard.forget(conn.id)
-        log.debug("connection %s closed (user %s)", conn.id, conn.user_id, extra=_ctx(conn))
+        self._leave(session)
+        log.debug("%s gone", session.describe(), extra=session.context())
 
-    def _leave_all(self, conn: Connection[Peer]) -> None:
-        """Forget ``conn`` and submit its leave of every document it had joined."""
-        for doc_id, event in self.hub.disconnect(conn):
+    def _leave(self, session: Session) -> None:
+        """Forget ``session`` and submit its leave of every document it had joined; once."""
+        if session.left:
+            return
+        session.left = True
+        session.release()
+        self.sessions.pop(session.id, None)
+        if session.counted is not None:
+            self.guard.forget(session.counted)
+        for doc_id, event in self.hub.disconnect(session.conn):
             self._submit(doc_id, event)
 
-    def on_frame(self, conn: Connection[Peer], data: bytes | str) -> Awaitable[None] | None:
+    def on_frame(self, session: Session, data: bytes | str) -> Awaitable[None] | None:
         """Handle one text frame. Returns an awaitable only when a join must wait for
         the backend; the transport awaits it before reading the next frame."""
-        self._tally_bytes_in += len(data)
-        if not self._tally_due:
-            self._schedule_tally()
-        if self.hub.connections.get(conn.id) is not conn:
-            return None  # the server already let it go (kicked, drained, expired): buffered frames
-        verdict = self.guard.check_rate(conn.id)
+        self.tally.received(len(data))
+        if session.closing is not None:
+            return None  # the server let it go (kicked, drained, expired...): buffered frames
+        now = time.monotonic()
+        verdict = session.check_rate(now)
         if verdict:  # over --rate-limit: dropped, the sender told at most once a second
+            self.guard.rate_limited.inc()
             if verdict is Verdict.DROP_NOTIFY:
                 self.reject(
-                    conn,
+                    session,
                     ProtocolError(
                         ErrorCode.CONNECTION_ERROR,
                         f"rate limited: more than {self.config.rate_limit:g} messages/s; "
@@ -252,46 +280,74 @@ class Service:
                     ),
                 )
             return None
+        conn = session.conn
         try:
             message = self.decoder.decode_document_message(data)
+            kind = type(message)
+            if kind is Annotation or kind is Comment:
+                verdict = session.check_stored_rate(now)
+                if verdict:  # over --stored-rate-limit: the same policy, its own bucket
+                    self.guard.stored_rate_limited.inc()
+                    if verdict is Verdict.DROP:
+                        return None
+                    raise ProtocolError(
+                        ErrorCode.CONNECTION_ERROR,
+                        f"rate limited: more than {self.config.stored_rate_limit:g} "
+                        "annotations and comments/s; they are being dropped",
+                    )
             doc_id, event = self.hub.receive(conn, message)
         except ProtocolError as exc:
-            self.reject(conn, exc)
+            self.reject(session, exc)
             return None
-        kind = type(message).__name__
-        tally_in = self._tally_in
-        tally_in[kind] = tally_in.get(kind, 0) + 1
-        if type(event) is Joined and self._shared:
-            attached = self._attached.get(doc_id)
-            if attached is None or not attached.done():
-                return self._attach_then_join(conn, doc_id, event)
+        self.tally.message(kind.__name__)
+        if type(event) is Joined and self.following.must_attach(doc_id):
+            return self._attach_then_join(session, doc_id, event)
         self._submit(doc_id, event)
         return None
 
-    def reject(self, conn: Connection[Peer], exc: ProtocolError) -> None:
-        """Send ``exc`` as an Error; close with 1008 when the error budget is spent."""
-        self.send_error(conn, exc.code, exc.message)
-        budget = self._budgets.get(conn.id)
-        if budget is None:
-            budget = self._budgets[conn.id] = ErrorBudget(
-                self.config.error_limit, self.config.error_window
+    def on_binary(self, session: Session, nbytes: int) -> None:
+        """A binary frame: ``PARSE_ERROR`` (text JSON only), counted like any error."""
+        self.tally.received(nbytes)
+        if session.closing is None:
+            self.reject(
+                session,
+                ProtocolError(
+                    ErrorCode.PARSE_ERROR, "binary frames are not accepted: send JSON text"
+                ),
             )
-        if budget.record(time.monotonic()):
+
+    def on_too_big(self, session: Session) -> None:
+        """A frame over ``--max-message-bytes``: closed with 1009."""
+        self.end(
+            session,
+            1009,
+            f"message over {self.config.max_message_bytes} bytes",
+            "message_too_big",
+        )
+
+    def reject(self, session: Session, exc: ProtocolError) -> None:
+        """Send ``exc`` as an Error; close with 1008 when the error budget is spent."""
+        self.send_error(session.peer, exc.code, exc.message)
+        if session.spend(time.monotonic()):
+            self.end(
+                session,
+                1008,
+                "too many errors",
+                "error_budget",
+                quiet=True,
+            )
             log.info(
-                "connection %s (user %s) closed: more than %d errors in %ss",
-                conn.id,
-                conn.user_id,
+                "%s closed: more than %d errors in %ss",
+                session.describe(),
                 self.config.error_limit,
                 self.config.error_window,
-                extra=_ctx(conn),
+                extra=session.context(),
             )
-            self.metrics.closes.labels("error_budget").inc()
-            conn.peer.close(1008, "too many errors")
 
-    def send_error(self, conn: Connection[Peer], code: str, message: str) -> None:
+    def send_error(self, peer: Peer, code: str, message: str) -> None:
         frame = encode(Error(code=code, message=message))
         self.metrics.errors.labels(code).inc()
-        self._deliver(Send((conn.peer,), (frame,), "Error"))
+        self._deliver(Send((peer,), (frame,), "Error"))
 
     # -- server-side API (Python; the HTTP API in api.py wraps it) -----------------
 
@@ -311,13 +367,13 @@ class Service:
         assert isinstance(checked, Annotation | Comment)
         if not self.ready:
             raise Unavailable(
-                "draining" if self.draining else f"backend {self.backend.name} not ready"
+                "draining" if self.draining else f"backend {self.following.name} not ready"
             )
         doc_id, event = self.hub.publish(checked)
         self.metrics.api_published.labels(event.kind).inc()
         log.info("published %s", event.kind, extra={"document_id": doc_id, "user_id": event.user})
         if not self._submit(doc_id, event):
-            raise Unavailable(f"backend {self.backend.name} overloaded")
+            raise Unavailable(f"backend {self.following.name} overloaded")
         return doc_id
 
     async def presence(self, document_id: str) -> list[PresentUser]:
@@ -326,16 +382,16 @@ class Service:
         With Redis this is the shared state (all instances), else this instance's replica.
         """
         doc_id = canonical_uuid(document_id)
-        load = getattr(self.backend, "load", None)
-        if load is not None and doc_id not in self.hub.local_members:
-            if not self.backend.ready:
-                raise Unavailable(f"backend {self.backend.name} not ready")
+        following = self.following
+        if following.loads and doc_id not in self.hub.local_members:
+            if not following.ready:
+                raise Unavailable(f"backend {following.name} not ready")
             try:
-                state = await load(doc_id)
+                state = await following.load(doc_id)
             except Exception as exc:  # Redis went away meanwhile
-                raise Unavailable(f"backend {self.backend.name}: {exc}") from None
+                raise Unavailable(f"backend {following.name}: {exc}") from None
             if state is None:
-                raise Unavailable(f"backend {self.backend.name} not ready")
+                raise Unavailable(f"backend {following.name} not ready")
             return self._present(state)
         state = self.hub.documents.get(doc_id)
         return [] if state is None else self._present(state)
@@ -364,61 +420,43 @@ class Service:
         return closed
 
     def disconnect_local(self, user_id: str, reason: str) -> int:
-        conns = [c for c in self.hub.connections.values() if c.user_id == user_id]
-        for conn in conns:
-            self._leave_all(conn)
-            conn.peer.close(1008, reason)
-            self.metrics.closes.labels("api_disconnect").inc()
-        if conns:
-            log.info("disconnected %d connection(s)", len(conns), extra={"user_id": user_id})
-        return len(conns)
+        sessions = [s for s in self.sessions.values() if s.user_id == user_id]
+        for session in sessions:
+            self._leave(session)
+            self.end(session, 1008, reason, "api_disconnect", quiet=True)
+        if sessions:
+            log.info("disconnected %d connection(s)", len(sessions), extra={"user_id": user_id})
+        return len(sessions)
 
     # -- backend ---------------------------------------------------------------
 
-    async def _attach_then_join(self, conn: Connection[Peer], doc_id: str, event: Joined) -> None:
-        attached = self._attached.get(doc_id)
-        if attached is None:
-            attached = asyncio.get_running_loop().create_future()
-            self._attached[doc_id] = attached
-            try:
-                detaching = self._detaching.get(doc_id)
-                if detaching is not None:  # attach after the detach, never during it
-                    await asyncio.wait([detaching])
-                state = await self.backend.attach(doc_id)
-            except Exception as exc:  # the backend says why; the client gets a typed error
-                del self._attached[doc_id]
-                attached.set_exception(exc)
-                attached.exception()  # retrieved: others waiting get it through their await
-                log.warning(
-                    "attach of document %s failed: %s", doc_id, exc, extra=_ctx(conn, doc_id)
-                )
-                self._join_failed(conn, doc_id)
-                return
-            if state is not None:
-                self.hub.install(state)
-            attached.set_result(None)
-        else:
-            try:
-                await attached
-            except Exception:
-                self._join_failed(conn, doc_id)
-                return
-        if doc_id in conn.joined and conn.id in self.hub.connections:
+    async def _attach_then_join(self, session: Session, doc_id: str, event: Joined) -> None:
+        conn = session.conn
+        try:
+            await self.following.attach(doc_id)
+        except Exception as exc:  # the backend says why; the client gets a typed error
+            log.warning(
+                "%s: attach of document %s failed: %s",
+                session.describe(),
+                doc_id,
+                exc,
+                extra=session.context(doc_id),
+            )
+            self.hub.cancel_join(conn, doc_id)
+            self.send_error(
+                conn.peer, ErrorCode.CONNECTION_ERROR, f"cannot join {doc_id} now; retry"
+            )
+            self.following.detach_released()
+            return
+        if doc_id in conn.joined and not session.left:
             self._submit(doc_id, event)
         else:
-            self._detach_released()
-
-    def _join_failed(self, conn: Connection[Peer], doc_id: str) -> None:
-        self.hub.cancel_join(conn, doc_id)
-        self.send_error(conn, ErrorCode.CONNECTION_ERROR, f"cannot join {doc_id} now; retry")
-        self._detach_released()
+            self.following.detach_released()
 
     def _submit(self, doc_id: str, event: Event) -> bool:
-        accepted = self.backend.submit(doc_id, event)
+        accepted = self.following.submit(doc_id, event)
         if not accepted:
             self._refused(doc_id, event)
-        if self.hub.released:
-            self._detach_released()
         return accepted
 
     def _refused(self, doc_id: str, event: Event) -> None:
@@ -431,7 +469,7 @@ class Service:
         if type(event) is Joined and conn.id not in self.hub.local_members.get(doc_id, {}):
             self.hub.cancel_join(conn, doc_id)  # not a member yet: the join did not happen
         self.send_error(
-            conn,
+            conn.peer,
             ErrorCode.CONNECTION_ERROR,
             f"server overloaded: {kind} for document {doc_id} not delivered; retry",
         )
@@ -441,7 +479,7 @@ class Service:
         for send in self.hub.resync(state):
             self._deliver(send)
         if self.hub.released:
-            self._detach_released()
+            self.following.detach_released()
 
     def _on_settle(self, doc_id: str, event: Event) -> None:
         """The local side of this instance's own join or leave that a reloaded state
@@ -449,7 +487,7 @@ class Service:
         for send in self.hub.settle(doc_id, event):
             self._deliver(send)
         if self.hub.released:
-            self._detach_released()
+            self.following.detach_released()
 
     def _on_event(self, doc_id: str, event: Event) -> None:
         """The backend's sink: a sequenced event to apply and fan out locally."""
@@ -462,68 +500,17 @@ class Service:
         if not sample:
             self.metrics.fanout_seconds.observe(time.perf_counter() - started)
         if self.hub.released:
-            self._detach_released()
+            self.following.detach_released()
 
     def _deliver(self, send: Send[Peer]) -> None:
         peers = send.peers
         for peer in peers:
             peer.deliver(send)
-        count = len(peers)
-        frames = send.frames
-        tally = self._tally_out.get(send.kind)
-        if tally is None:
-            tally = self._tally_out[send.kind] = [0, 0]
-        tally[0] += count * len(frames)
-        tally[1] += count * (len(frames[0]) if len(frames) == 1 else sum(map(len, frames)))
-        if not self._tally_due:
-            self._schedule_tally()
-
-    def _schedule_tally(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a synchronous caller): count now
-            self.flush_tally()
-            return
-        self._tally_due = True
-        loop.call_soon(self.flush_tally)
+        self.tally.sent(send.kind, len(peers), send.frames)
 
     def flush_tally(self) -> None:
-        """Hand the hot-path counts of this loop iteration to the Prometheus counters."""
-        self._tally_due = False
-        metrics = self.metrics
-        if self._tally_bytes_in:
-            metrics.bytes_in.inc(self._tally_bytes_in)
-            self._tally_bytes_in = 0
-        if self._tally_in:
-            for kind, n in self._tally_in.items():
-                metrics.count_in(kind, n)
-            self._tally_in.clear()
-        if self._tally_out:
-            for kind, (frames, nbytes) in self._tally_out.items():
-                metrics.count_out(kind, frames, nbytes)
-            self._tally_out.clear()
-
-    def _detach_released(self) -> None:
-        """Detach documents no local connection holds any more (once their leaves applied)."""
-        hub = self.hub
-        for doc_id in list(hub.released):
-            if doc_id in hub.local_refs:
-                hub.released.discard(doc_id)  # joined again meanwhile
-            elif doc_id not in hub.local_members:
-                hub.released.discard(doc_id)
-                attached = self._attached.pop(doc_id, None)
-                if attached is not None:
-                    detaching = asyncio.ensure_future(self._detach(doc_id))
-                    self._detaching[doc_id] = detaching
-                    self.spawn(detaching)
-
-    async def _detach(self, doc_id: str) -> None:
-        try:
-            await self.backend.detach(doc_id)
-        finally:
-            self.hub.forget(doc_id)
-            if self._detaching.get(doc_id) is asyncio.current_task():
-                del self._detaching[doc_id]
+        """Hand this loop iteration's hot-path counts to the Prometheus counters."""
+        self.tally.flush()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` in the background, kept referenced until done (awaited on close)."""
@@ -542,20 +529,20 @@ class Service:
             ),
             "ready": ("1 when /readyz answers 200", 1.0 if self.ready else 0.0),
             **_outbox_gauges(hub.connections.values()),
-            **(self.backend.stats() if hasattr(self.backend, "stats") else {}),
+            **self.following.stats(),
         }
 
 
 def _outbox_gauges(conns: Iterable[Connection[Peer]]) -> dict[str, tuple[str, float]]:
-    """Queue depths: frames waiting in per-connection outboxes (each transport's peer
-    keeps its :class:`~.outbox.Outbox` as ``_outbox``)."""
-    frames = firm = waiting = 0
+    """Queue depths: frames waiting in per-connection outboxes."""
+    frames = firm = waiting = streams = 0
     for conn in conns:
-        outbox = getattr(conn.peer, "_outbox", None)
+        outbox = conn.peer.outbox
         if outbox:
             waiting += 1
             frames += len(outbox)
             firm += outbox.firm_bytes
+            streams += outbox.streams
     return {
         "outbox_frames": ("frames waiting in slow readers' outboxes", frames),
         "outbox_firm_bytes": (
@@ -563,14 +550,8 @@ def _outbox_gauges(conns: Iterable[Connection[Peer]]) -> dict[str, tuple[str, fl
             firm,
         ),
         "slow_readers": ("connections with frames waiting in their outbox", waiting),
+        "snapshots_streaming": (
+            "join snapshots being written as their reader's socket drains",
+            streams,
+        ),
     }
-
-
-def _ctx(conn: Connection[Peer], document_id: str | None = None) -> dict[str, str]:
-    """Log context (``--log-format json`` emits these as fields); never a token."""
-    ctx = {"connection_id": conn.id}
-    if conn.user_id is not None:
-        ctx["user_id"] = conn.user_id
-    if document_id is not None:
-        ctx["document_id"] = document_id
-    return ctx
