@@ -44,6 +44,9 @@ def test_flags_and_variables() -> None:
     assert config.event_webhook_queue == 50
     assert Config().join_webhook_fail_open is False
     assert hooks_problem(config) is None
+    # An empty secret from the environment is not "no secret": it is refused at start.
+    empty = Config.from_args([], env={"CPC_WEBHOOK_SECRET": ""})
+    assert hooks_problem(empty) == "--webhook-secret is empty: give a real key or none"
 
 
 @pytest.mark.parametrize(
@@ -95,9 +98,7 @@ async def test_webhooks_from_configuration(caplog: pytest.LogCaptureFixture) -> 
 def test_a_bad_hook_option_is_a_one_line_startup_error(capsys: pytest.CaptureFixture[str]) -> None:
     from cpc_signaling.cli import main
 
-    with pytest.raises(SystemExit) as exited:
-        main(["serve", "--event-webhook", "localhost:9000/events"])
-    assert exited.value.code == 2
+    assert main(["serve", "--event-webhook", "localhost:9000/events"]) == 2
     err = capsys.readouterr().err
     assert "--event-webhook must be an http:// or https:// URL" in err
     assert "Traceback" not in err

@@ -340,7 +340,10 @@ class SignalingApp:
                 await _respond(send, 413, b"request body too large\n", _TEXT)
                 return
             authorization = _header(scope, b"authorization")
-            response = await handle_api(service, method, path, authorization, body)
+            client = scope.get("client")
+            response = await handle_api(
+                service, method, path, authorization, body, remote=client[0] if client else None
+            )
             await _respond(send, response.status, response.body, response.headers)
             return
         answer = self.endpoints.respond(method, path, _header(scope, b"if-none-match"))
