@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
+from typing import Any
 
 from cpc_signaling.server.hooks import sign, verify_signature
 
@@ -38,3 +40,18 @@ def test_malformed_headers_are_refused() -> None:
         assert not verify_signature("key", BODY, header, now=t)
     # Several v1 entries (a receiver rotating keys): one match suffices.
     assert verify_signature("key", BODY, f"t={t},v1=00,v1={mac}", now=t)
+
+
+def test_the_verifier_in_the_docs_works() -> None:
+    """docs/hooks.md shows receivers a standalone verify(); it must accept our signatures."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "hooks.md").read_text()
+    code = page.split("In Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    verify = namespace["verify"]
+    header = sign("key", BODY)
+    assert verify(b"key", BODY, header)
+    assert not verify(b"other", BODY, header)
+    assert not verify(b"key", BODY + b"x", header)
+    assert not verify(b"key", BODY, sign("key", BODY, timestamp=1_000_000_000))
+    assert not verify(b"key", BODY, "garbage")
