@@ -61,6 +61,7 @@ class Identity:
     allowed_documents: frozenset[str] | None  # None: any document
     expires_at: float  # Unix time after which the connection is closed (leeway included)
     info: bytes = b""  # the `info` claim, canonical JSON (protocol.encode_info); empty: none
+    claims: dict[str, Any] | None = None  # all the token's claims (for the join hook)
 
 
 class Authenticator:
@@ -190,7 +191,7 @@ class Authenticator:
             info = encode_info(claims.get("info"))
         except ValueError as exc:
             raise AuthError(f"token `info` claim {exc}") from None
-        return Identity(sub.lower(), allowed, exp + self.leeway, info)
+        return Identity(sub.lower(), allowed, exp + self.leeway, info, claims)
 
 
 def _safe(exc: Exception) -> str:
@@ -272,4 +273,6 @@ def config_problem(config: Config) -> str | None:
             )
         except (OSError, ssl.SSLError) as exc:
             return f"--tls-cert/--tls-key: {exc}"
-    return None
+    from .hooks import hooks_problem
+
+    return hooks_problem(config)

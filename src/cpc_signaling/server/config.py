@@ -139,6 +139,43 @@ class Config:
         "enables the HTTP API under /api/ (publish, presence, disconnect) for callers "
         "that send 'Authorization: Bearer KEY'; without a key the API is off (404)",
     )
+    # hooks for the application (docs/hooks.md)
+    join_webhook: str | None = _opt(
+        None,
+        "URL the server POSTs {user_id, document_id, claims} to before a connection joins a "
+        "document: 2xx allows, 403 denies (AUTH_ERROR with the body's reason)",
+    )
+    join_webhook_timeout: float = _opt(3.0, "seconds to wait for the join webhook's answer")
+    join_webhook_cache: float = _opt(
+        30.0, "seconds an answer (allow or deny) is reused for the same user and document; 0: none"
+    )
+    join_webhook_cache_size: int = _opt(
+        10_000, "answers the join cache keeps; the least recently used go first"
+    )
+    join_webhook_fail_open: bool = _opt(
+        False,
+        "allow the join when the join webhook gives no answer (timeout, connection error, "
+        "a status other than 2xx/403); by default it is refused with CONNECTION_ERROR",
+    )
+    event_webhook: str | None = _opt(
+        None, "URL the server POSTs JSON batches of join, leave, annotation and comment events to"
+    )
+    event_webhook_timeout: float = _opt(
+        10.0, "seconds one delivery to the event webhook may take before it is retried"
+    )
+    event_webhook_queue: int = _opt(
+        10_000, "events waiting for delivery; when full, new events are dropped (counted, logged)"
+    )
+    event_webhook_batch: int = _opt(100, "most events in one delivery")
+    event_webhook_backoff_max: float = _opt(
+        60.0, "longest pause between retries of a failed delivery (exponential from 0.5 s)"
+    )
+    webhook_secret: str | None = _opt(
+        None,
+        "key signing every webhook request with HMAC-SHA256 (header X-CPC-Signature: "
+        "t=UNIX,v1=HEX over 'UNIX.BODY'); an empty key is an error",
+        keep_empty=True,
+    )
 
     def __post_init__(self) -> None:
         problem = _field_problem(self)
