@@ -2,7 +2,7 @@
 
 Run it (from the repository root, with the ``asgi`` extra and FastAPI installed)::
 
-    CPC_API_KEY=... uvicorn examples.fastapi_app:app --ws websockets-sansio --ws-max-size 65536
+    CPC_API_KEY=... uvicorn examples.fastapi_app:app --ws websockets-sansio --ws-max-size 262144
 
 Browsers connect to ``ws://HOST:8000/signaling/ws``; ``/signaling/healthz``,
 ``/signaling/readyz`` and ``/signaling/metrics`` are there too. The routes below

@@ -25,6 +25,7 @@ from aiohttp import web
 from cpc_signaling.client import Client, Reconnected
 from cpc_signaling.protocol import Message
 from cpc_signaling.server import Config, Service, create_app, listen
+from cpc_signaling.server.hooks import Hooks
 
 # Timeouts are multiples of one unit; CPC_TEST_TIMEOUT_UNIT scales them on slow machines.
 UNIT = float(os.environ.get("CPC_TEST_TIMEOUT_UNIT", "1.0"))
@@ -49,17 +50,19 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
-    """An in-process server on a free port with ``Config`` overrides.
+    """An in-process server on a free port with ``Config`` overrides (and ``hooks=``,
+    the application's hooks: docs/hooks.md).
 
     ``CPC_TEST_TRANSPORT=asgi`` makes it the ASGI app under uvicorn instead: a
     parity run of every test over the other transport (docs/embedding.md).
     """
+    hooks: Hooks | None = overrides.pop("hooks", None)
     if os.environ.get("CPC_TEST_TRANSPORT") == "asgi":
-        async with running_asgi_server(**overrides) as running:
+        async with running_asgi_server(hooks=hooks, **overrides) as running:
             yield running
         return
     config = replace(Config(port=0), **overrides)
-    service = Service(config)
+    service = Service(config, hooks=hooks)
     await service.start()
     runner = web.AppRunner(create_app(service), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
@@ -120,8 +123,9 @@ async def running_asgi_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     """
     from cpc_signaling.asgi import create_app as create_asgi_app
 
+    hooks: Hooks | None = overrides.pop("hooks", None)
     config = replace(Config(port=0), **overrides)
-    app = create_asgi_app(config)
+    app = create_asgi_app(config, hooks=hooks)
     async with serving_uvicorn(
         app,
         ws_max_size=4 * config.max_message_bytes,

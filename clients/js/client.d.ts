@@ -2,6 +2,8 @@
 // Canonical copy: src/cpc_signaling/static/client.d.ts; clients/js/client.d.ts is identical.
 
 export declare const VERSION: string;
+/** The subprotocol offered (and selected by the server): "cpc.v1". */
+export declare const SUBPROTOCOL: string;
 
 export type MessageType =
   | "JoinDocument"
@@ -37,8 +39,13 @@ interface DocumentFields {
   user_id: string;
 }
 
+/** A user's info: name, avatar URL, colour, ... (a JSON object of at most 1 KiB). */
+export type UserInfo = { [key: string]: unknown };
+
 export interface JoinDocument extends DocumentFields {
   type: "JoinDocument";
+  /** The user's info, present only when the user has some (an extension of the protocol). */
+  info?: UserInfo;
 }
 export interface LeaveDocument extends DocumentFields {
   type: "LeaveDocument";
@@ -111,6 +118,8 @@ export type Note = Annotation | Comment;
 /** What the client knows of another user present in a document. Replaced (not mutated) on change. */
 export interface Presence {
   userId: string;
+  /** The user's info (from their token, or their join on an open server); null when none. */
+  info: UserInfo | null;
   cursor: Position | null;
   /** null until set; a selection with start === end means nothing is selected. */
   selection: Selection | null;
@@ -128,8 +137,16 @@ export type TokenProvider = () => string | Promise<string>;
 export interface ClientOptions {
   /** The user to speak as (a UUID). Default: the token's `sub`, else a random UUID. */
   userId?: string;
-  /** A JWT sent as ?token=..., or a function called before each (re)connect for a fresh one. */
+  /** A JWT, or a function called before each (re)connect for a fresh one. */
   token?: string | TokenProvider;
+  /**
+   * How the token travels: "protocol" (default) offers the subprotocols
+   * ["cpc.v1", "cpc.token.<JWT>"], which keeps it out of URLs and logs; "query" sends
+   * ?token=... (for a server or proxy that does not pass the subprotocol header on).
+   */
+  tokenIn?: "protocol" | "query";
+  /** This user's info, sent with every join; honoured by a server without JWT (a token's `info` claim wins). */
+  info?: UserInfo;
   /** Minimum ms between two cursor (and two selection) updates; latest wins. 0 disables. Default 50. */
   throttleMs?: number;
   /** Reconnect after a lost connection, re-join, rebuild the presence maps. Default true. */
@@ -141,7 +158,7 @@ export interface ClientOptions {
   /** Comments and annotations kept per document (oldest dropped). Default 1000. */
   maxNotes?: number;
   /** A WebSocket constructor; default globalThis.WebSocket. */
-  WebSocket?: new (url: string) => WebSocket;
+  WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
 }
 
 export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
@@ -186,6 +203,8 @@ export interface DocumentEvents {
   connection: [boolean];
   /** A re-join after a reconnect was refused (e.g. the document is full): the session is over. */
   refused: [JoinError];
+  /** The server refused a note sent from here (too long, rate limited, ...): it left `notes`. */
+  noteRefused: [Note, ErrorMessage];
 }
 
 declare class Emitter<E extends { [K in keyof E]: unknown[] }> {
@@ -226,7 +245,8 @@ export declare class CpcClient extends Emitter<ClientEvents> {
   constructor(url?: string, options?: ClientOptions);
   constructor(options: ClientOptions);
   readonly url: string;
-  readonly options: Required<Omit<ClientOptions, "token" | "userId" | "WebSocket">> & ClientOptions;
+  readonly options: Required<Omit<ClientOptions, "token" | "userId" | "WebSocket" | "info">> &
+    ClientOptions;
   readonly userId: string;
   readonly state: ClientState;
   readonly connected: boolean;

@@ -9,7 +9,7 @@
  * as the `WebSocket` option.
  *
  *   import { CpcClient } from "/client.js";
- *   const client = new CpcClient("ws://127.0.0.1:8765/ws", { userId });
+ *   const client = new CpcClient("ws://127.0.0.1:8765/ws", { token });
  *   const doc = await client.join(documentId);    // resolves at the own-join ack
  *   doc.on("presence", (user) => render(user));   // doc.users: Map of who is here
  *   doc.cursor({ line: 3, column: 7 });           // throttled, latest wins
@@ -44,11 +44,25 @@ const PRESENCE_TYPES = new Set([
 ]);
 const NOTE_TYPES = new Set(["Annotation", "Comment"]);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const UUID_IN = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/i;
 // WebSocket close codes after which reconnecting cannot help (policy violation
 // after AUTH_ERROR with a token that will not change, message too big).
 const NO_RETRY_CODES = new Set([1008, 1009]);
 
+// The subprotocol the client speaks; a token rides along as "cpc.token.<JWT>".
+export const SUBPROTOCOL = "cpc.v1";
+const TOKEN_PROTOCOL_PREFIX = "cpc.token.";
+// A user's info, JSON-encoded, may take at most this many bytes (the server's bound).
+const MAX_INFO_BYTES = 1024;
+// A note the server has not refused within this long is taken as accepted.
+const NOTE_REFUSAL_WINDOW_MS = 10_000;
+// How the server's Error says it is about a note: it names the type ("Comment.content:
+// ...") or the kind ("... annotations and comments ...": rate limit, storage full).
+const NOTE_TYPE_NAMED = /\b(Annotation|Comment)\b/;
+const NOTES_NAMED = /\bannotations and comments\b/i;
+
 const DEFAULTS = Object.freeze({
+  tokenIn: "protocol",
   throttleMs: 50,
   reconnect: true,
   backoffInitialMs: 250,
@@ -172,9 +186,10 @@ class Emitter {
   }
 }
 
-function emptyPresence(userId) {
+function emptyPresence(userId, info = null) {
   return {
     userId,
+    info: info && typeof info === "object" && !Array.isArray(info) ? info : null,
     cursor: null,
     selection: null,
     isTyping: false,
@@ -222,6 +237,7 @@ function applyPresence(entry, message) {
  *   "message"  (message)          every live message of this document
  *   "connection" (connected)      the client lost (false) or regained (true) this document
  *   "refused"  (joinError)        a re-join after a reconnect was refused: the session is over
+ *   "noteRefused" (note, error)   the server refused one of our notes: it left `notes`
  */
 export class DocumentSession extends Emitter {
   #client;
@@ -350,8 +366,18 @@ export class DocumentSession extends Emitter {
     this.#client.sendMessage(message);
     // The server never echoes a message to its sender: keep our own note here too,
     // so `notes` is the document's whole list (a re-join's snapshot has it as well).
+    // Until the server could have refused it, it is pending (see `noteRefused`).
     this.#addNote(message);
+    this.#client.notePending(this, message);
     return true;
+  }
+
+  /** @internal The server refused `note` (sent from here): take it back out of `notes`. */
+  withdraw(note, error) {
+    const index = this.notes.indexOf(note);
+    if (index === -1) return;
+    this.notes.splice(index, 1);
+    this.emit("noteRefused", note, error);
   }
 
   #addNote(message) {
@@ -435,7 +461,7 @@ export class DocumentSession extends Emitter {
     for (const message of messages) {
       const user = message.user_id;
       if (message.type === "JoinDocument") {
-        if (user !== self && !users.has(user)) users.set(user, emptyPresence(user));
+        if (user !== self && !users.has(user)) users.set(user, emptyPresence(user, message.info));
       } else if (PRESENCE_TYPES.has(message.type)) {
         if (user !== self) users.set(user, applyPresence(users.get(user) ?? emptyPresence(user), message));
       } else if (NOTE_TYPES.has(message.type)) {
@@ -483,7 +509,7 @@ export class DocumentSession extends Emitter {
     const self = this.#client.userId;
     if (message.type === "JoinDocument") {
       if (user !== self && !this.users.has(user)) {
-        const entry = emptyPresence(user);
+        const entry = emptyPresence(user, message.info);
         this.users.set(user, entry);
         this.emit("join", entry);
       }
@@ -532,6 +558,8 @@ export class CpcClient extends Emitter {
   #opened = null; // {promise, resolve, reject} of the current connect()
   #authFailed = false;
   #lastError = null; // the last Error the server sent on this connection
+  #pendingNotes = []; // [{doc, note, at}] our notes the server may still refuse, oldest first
+  #info = null; // the JoinDocument `info` object, as given
 
   constructor(url, options = {}) {
     super();
@@ -549,6 +577,19 @@ export class CpcClient extends Emitter {
       globalThis.crypto.randomUUID();
     if (!UUID.test(userId)) throw new TypeError(`userId must be a UUID, got ${userId}`);
     this.#userId = userId.toLowerCase();
+    if (this.options.info != null) {
+      const info = this.options.info;
+      if (typeof info !== "object" || Array.isArray(info)) {
+        throw new TypeError("info must be a plain object (a JSON object)");
+      }
+      if (new TextEncoder().encode(JSON.stringify(info)).length > MAX_INFO_BYTES) {
+        throw new TypeError(`info must be at most ${MAX_INFO_BYTES} bytes as JSON`);
+      }
+      this.#info = info;
+    }
+    if (this.options.tokenIn !== "protocol" && this.options.tokenIn !== "query") {
+      throw new TypeError('tokenIn must be "protocol" or "query"');
+    }
     this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocket !== "function") {
       throw new TypeError(
@@ -609,10 +650,18 @@ export class CpcClient extends Emitter {
     }
     if (this.#state === "closed") return;
     const url = new URL(this.url, globalThis.location?.href);
-    if (token) url.searchParams.set("token", token);
+    // The token rides in the Sec-WebSocket-Protocol header, out of URLs and so out of
+    // access logs and browser history; the server selects "cpc.v1" and never echoes it.
+    // Without a token nothing is offered: a browser fails a handshake whose offered
+    // subprotocols the server does not answer, so any server version accepts this one.
+    const protocols = [];
+    if (token && this.options.tokenIn === "query") url.searchParams.set("token", token);
+    else if (token) protocols.push(SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX + token);
     let ws;
     try {
-      ws = new this.WebSocket(url.toString());
+      ws = protocols.length
+        ? new this.WebSocket(url.toString(), protocols)
+        : new this.WebSocket(url.toString());
     } catch (error) {
       this.#onClose({ code: 1006, reason: String(error) });
       return;
@@ -762,7 +811,9 @@ export class CpcClient extends Emitter {
 
   #sendJoin(doc) {
     doc.buffer = [];
-    this.sendMessage({ type: "JoinDocument", document_id: doc.id, user_id: this.#userId });
+    const join = { type: "JoinDocument", document_id: doc.id, user_id: this.#userId };
+    if (this.#info !== null) join.info = this.#info;
+    this.sendMessage(join);
   }
 
   /** Leave a document; resolves when the server acknowledged it (at once when offline). */
@@ -902,9 +953,49 @@ export class CpcClient extends Emitter {
     this.emit("message", message);
   }
 
+  /** @internal A note was sent from `doc`: the server may still refuse it. */
+  notePending(doc, note) {
+    this.#prunePendingNotes();
+    this.#pendingNotes.push({ doc, note, at: Date.now() });
+  }
+
+  #prunePendingNotes() {
+    const oldest = Date.now() - NOTE_REFUSAL_WINDOW_MS;
+    while (this.#pendingNotes.length > 0 && this.#pendingNotes[0].at < oldest) this.#pendingNotes.shift();
+  }
+
+  // The server refuses a note with an Error naming its type or "annotations and comments"
+  // (and its document, when the reason is the document's). Nothing is acknowledged, so
+  // which note it was is inferred: the one whose timestamp the message quotes, if any;
+  // for content over the length limit, the oldest pending note that long (frames are
+  // answered in order); for a refusal by condition (rate limit, storage full, overload),
+  // which holds for every later note too, the newest pending one. A note not refused
+  // within the window is taken as accepted.
+  #noteRefusal(error) {
+    const text = String(error.message ?? "");
+    const named = NOTE_TYPE_NAMED.exec(text);
+    if ((named === null && !NOTES_NAMED.test(text)) || error.code === "AUTH_ERROR") return;
+    this.#prunePendingNotes();
+    const candidates = this.#pendingNotes.filter(
+      ({ doc, note }) =>
+        (named === null || note.type === named[1]) && (!UUID_IN.test(text) || text.includes(doc.id)),
+    );
+    const limit = /longer than (\d+) characters/.exec(text);
+    const chosen =
+      candidates.find(({ note }) => text.includes(note.timestamp)) ??
+      (limit !== null
+        ? candidates.find(({ note }) => [...note.content].length > Number(limit[1]))
+        : candidates.at(-1));
+    const index = this.#pendingNotes.indexOf(chosen);
+    if (index === -1) return;
+    const [{ doc, note }] = this.#pendingNotes.splice(index, 1);
+    doc.withdraw(note, error);
+  }
+
   #onError(error) {
     if (error.code === "AUTH_ERROR") this.#authFailed = true;
     this.#lastError = error;
+    this.#noteRefusal(error);
     // A refused join (document full, too many documents, not in the token's `docs`)
     // is an AUTH_ERROR or DOCUMENT_ERROR naming its document.
     const refusal = error.code === "AUTH_ERROR" || error.code === "DOCUMENT_ERROR";

@@ -2,12 +2,14 @@
 
 Production deployments usually mint tokens in their own auth service; the
 claims the server reads are ``sub`` (the user_id, a UUID), ``exp``, and
-optionally ``docs`` (document_ids the holder may join), ``aud`` and ``iss``.
+optionally ``docs`` (document_ids the holder may join), ``info`` (the user's
+name, avatar, colour, ..., shown to the others), ``aud`` and ``iss``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -73,12 +75,19 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
         help="PEM file of the RSA/EC private key matching the server's --jwt-public-key",
     )
     parser.add_argument(
-        "--sub", default=None, help="the user_id (a UUID; default: a new random one)"
+        "--sub", type=_uuid, default=None, help="the user_id (a UUID; default: a new random one)"
     )
     parser.add_argument(
         "--docs",
+        type=_uuids,
         default=None,
         help="comma list of document_ids the token may join (default: any)",
+    )
+    parser.add_argument(
+        "--info",
+        type=_info,
+        default=None,
+        help='the user\'s info, a JSON object shown to the others (e.g. \'{"name": "Ada"}\')',
     )
     parser.add_argument(
         "--ttl", type=float, default=3600.0, help="seconds until the token expires (default 3600)"
@@ -99,24 +108,47 @@ def token_command(args: argparse.Namespace) -> int:
     if sub is None:
         sub = str(uuid.uuid4())
         print(f"sub (user_id): {sub}", file=sys.stderr)
-    else:
-        sub = str(uuid.UUID(sub))
-    docs = None
-    if args.docs is not None:
-        docs = [str(uuid.UUID(d.strip())) for d in args.docs.split(",") if d.strip()]
-    pem = Path(args.jwt_private_key).read_bytes() if args.jwt_private_key else None
+    try:
+        pem = Path(args.jwt_private_key).read_bytes() if args.jwt_private_key else None
+    except OSError as exc:
+        print(f"cpc-signaling token: error: --jwt-private-key: {exc.strerror}", file=sys.stderr)
+        return 2
     try:
         token = mint_token(
             sub=sub,
             secret=args.jwt_secret,
             private_key_pem=pem,
             ttl=args.ttl,
-            docs=docs,
+            docs=args.docs,
             audience=args.audience,
             issuer=args.issuer,
+            extra={"info": args.info} if args.info is not None else None,
         )
     except ValueError as exc:
-        print(f"cpc-signaling token: {exc}", file=sys.stderr)
+        print(f"cpc-signaling token: error: {exc}", file=sys.stderr)
         return 2
     print(token)
     return 0
+
+
+def _uuid(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a UUID") from None
+
+
+def _uuids(raw: str) -> list[str]:
+    return [_uuid(item) for item in raw.split(",") if item.strip()]
+
+
+def _info(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not JSON") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("the info must be a JSON object")
+    if len(json.dumps(value, separators=(",", ":")).encode()) > 1024:
+        raise argparse.ArgumentTypeError("the info must be at most 1024 bytes encoded")
+    return value

@@ -174,8 +174,12 @@ async def test_routes_methods_and_ids(api_server: RunningServer) -> None:
 
 async def test_presence_lists_users_with_their_presence(api_server: RunningServer) -> None:
     doc = new_id()
-    async with api_server.client() as a, api_server.client() as b, api_server.client() as b2:
-        b2.user_id = b.user_id  # a second connection of the same user
+    user = new_id()
+    async with (
+        api_server.client() as a,
+        api_server.client(user) as b,
+        api_server.client(user) as b2,  # a second connection of the same user
+    ):
         await a.join(doc)
         await b.join(doc)
         await b2.join(doc)
@@ -205,12 +209,12 @@ async def test_presence_lists_users_with_their_presence(api_server: RunningServe
 
 async def test_disconnect_closes_every_connection_of_the_user(api_server: RunningServer) -> None:
     doc = new_id()
+    user = new_id()
     async with (
         api_server.client() as watcher,
-        api_server.client(reconnect=False) as kicked,
-        api_server.client(reconnect=False) as kicked2,
+        api_server.client(user, reconnect=False) as kicked,
+        api_server.client(user, reconnect=False) as kicked2,
     ):
-        kicked2.user_id = kicked.user_id
         await watcher.join(doc)
         await kicked.join(doc)
         await kicked2.join(doc)

@@ -161,8 +161,13 @@ async def test_targeting_counts_events_deliveries_and_redis_output() -> None:
         assert row["server_frames_out"] == row["delivered"]
         net = row["redis_net_output_bytes"]
         assert 0 < net <= row["redis_output_bytes"]
-        assert row["redis_bytes_per_event"] == round(net / row["sent"], 1)
-        assert row["redis_bytes_per_delivery"] == round(net / row["delivered"], 1)
+        # ``net`` is reported rounded to a byte (the idle output subtracted is a rate):
+        # the per-event figures come from the unrounded value, so within half a byte.
+        assert abs(row["redis_bytes_per_event"] - net / row["sent"]) <= 0.5 / row["sent"] + 0.05
+        assert (
+            abs(row["redis_bytes_per_delivery"] - net / row["delivered"])
+            <= 0.5 / row["delivered"] + 0.05
+        )
     # A shared event must reach the other instance through Redis; a private one never
     # needs more than its own document's follower does.
     assert rows["shared"]["redis_bytes_per_event"] > rows["own"]["redis_bytes_per_event"]

@@ -166,12 +166,22 @@ def open_page(browser: Browser, demo_server: DemoServer) -> Iterator[OpenPage]:
     contexts: list[Any] = []
     errors: list[str] = []
 
-    def opener(doc: str, user: str | None = None, server: DemoServer | None = None) -> Page:
+    def opener(
+        doc: str | None,
+        user: str | None = None,
+        server: DemoServer | None = None,
+        query: str = "",
+    ) -> Page:
+        """The demo at ``/?doc=DOC&user=USER&QUERY`` (``doc`` None: plain ``/``, no user)."""
         context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(f"{exc}"))
-        page.goto(f"{(server or demo_server).http}/?doc={doc}&user={user or new_id()}")
+        base = (server or demo_server).http
+        if doc is None:
+            page.goto(f"{base}/{'?' + query if query else ''}")
+        else:
+            page.goto(f"{base}/?doc={doc}&user={user or new_id()}{'&' + query if query else ''}")
         page.wait_for_selector("html[data-ready=true]", timeout=10_000 * UNIT)
         return page
 

@@ -399,3 +399,81 @@ def test_after_a_server_restart_the_pages_reconnect_and_see_each_other_again(
         )
     finally:
         server.stop()
+
+
+def test_fresh_loads_of_the_root_open_one_named_document(open_page: OpenPage) -> None:
+    """README: "open it in a few tabs". Two fresh loads of `/` are in one document."""
+    first = open_page(None)
+    second = open_page(None)
+    doc = first.evaluate("window.cpcDemo.documentId")
+    assert second.evaluate("window.cpcDemo.documentId") == doc
+    assert f"doc={doc}" in first.url and f"doc={doc}" in second.url  # the URL names it
+    other = second.evaluate("window.cpcDemo.userId")
+    expect(first.locator(f'[data-presence-user="{other}"]')).to_be_visible(timeout=BOUND_MS)
+
+
+def test_names_and_colours_come_from_the_users_info(open_page: OpenPage) -> None:
+    doc, ada_id, bob_id = new_id(), new_id(), new_id()
+    ada = open_page(doc, ada_id, query="name=Ada%20Lovelace&color=%23e91e63")
+    bob = open_page(doc, bob_id)
+    row = bob.locator(f'[data-presence-user="{ada_id}"]')
+    expect(row.locator(".person-name")).to_have_text("Ada Lovelace", timeout=BOUND_MS)
+    expect(row.locator(".avatar")).to_have_text("AL")
+    assert "#e91e63" in (row.locator(".avatar").get_attribute("style") or "")
+    go(ada, 2, 1)
+    flag = bob.locator(f'.rc[data-user="{ada_id}"] .rc-flag')
+    expect(flag).to_contain_text("Ada Lovelace", timeout=BOUND_MS)
+    # Ada sees herself by her name; Bob, without info, keeps his made-up name everywhere.
+    expect(ada.locator("#me-name")).to_have_text("Ada Lovelace")
+    made_up = name_of(ada, bob_id)
+    assert made_up != "Ada Lovelace" and " " in made_up
+    expect(ada.locator(f'[data-presence-user="{bob_id}"] .person-name')).to_have_text(made_up)
+
+
+def _send_comment(page: Page, doc: str, content: str, timestamp: str) -> None:
+    page.evaluate(
+        """([doc, content, timestamp]) => window.cpcDemo.client.sendMessage({
+            type: "Comment", document_id: doc, user_id: window.cpcDemo.userId,
+            position: { line: 2, column: 0 }, content, timestamp })""",
+        [doc, content, timestamp],
+    )
+
+
+def test_a_comment_stamped_with_a_leap_second_renders(open_page: OpenPage) -> None:
+    # The server accepts RFC 3339's second 60; Date cannot parse it. Before, formatting it
+    # threw, and the comments panel stopped rendering for everyone in the document.
+    doc = new_id()
+    sender = open_page(doc)
+    viewer = open_page(doc)
+    _send_comment(sender, doc, "posted on a leap second", "2016-12-31T23:59:60Z")
+    note = viewer.locator(".note", has_text="posted on a leap second")
+    expect(note).to_have_count(1, timeout=BOUND_MS)
+    expect(note.locator("time")).not_to_have_text("")
+    assert note.locator("time").get_attribute("datetime") == "2016-12-31T23:59:60Z"
+    late = open_page(doc)  # from the snapshot too
+    expect(late.locator(".note", has_text="posted on a leap second")).to_have_count(1)
+    # The panel still works afterwards: a normal comment shows up.
+    viewer.fill("#note-text", "still alive")
+    viewer.click("#note-form button[type=submit]")
+    expect(late.locator(".note", has_text="still alive")).to_have_count(1, timeout=BOUND_MS)
+
+
+def test_a_comment_the_server_refuses_does_not_stay_shown(open_page: OpenPage) -> None:
+    server = start_demo_server("--max-content-chars", "20")
+    try:
+        doc = new_id()
+        author = open_page(doc, server=server)
+        reader = open_page(doc, server=server)
+        text = "this comment is longer than twenty characters"
+        author.fill("#note-text", text)
+        author.click("#note-form button[type=submit]")
+        expect(author.locator(".note")).to_have_count(0, timeout=BOUND_MS)
+        expect(author.locator("#note-error")).to_contain_text("Not posted")
+        expect(author.locator("#note-text")).to_have_value(text)  # given back to edit
+        author.fill("#note-text", "short one")
+        author.click("#note-form button[type=submit]")
+        expect(reader.locator(".note", has_text="short one")).to_have_count(1, timeout=BOUND_MS)
+        expect(author.locator(".note")).to_have_count(1)
+        assert reader.locator(".note").count() == 1
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""JWT authentication and authorization over real sockets: CONTRACT §3."""
+"""JWT authentication and authorization over real sockets (docs/security.md, docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
 import { ClientError, CpcClient, JoinError, MESSAGE_TYPES, decode, encode, tokenSubject } from "../client.js";
+import { createServer } from "node:http";
+
 import { collect, hs256, newId, startServer, until, waitFor } from "./helpers.js";
 
 if (typeof globalThis.WebSocket !== "function") {
@@ -228,6 +230,25 @@ describe("against a real server", () => {
     }
   });
 
+  test("doc.users carries each user's info, from the snapshot and live joins", async () => {
+    const doc = newId();
+    const ada = client(server.url, { info: { name: "Ada", color: "#e91e63" } });
+    const bob = client(server.url);
+    await ada.join(doc);
+    const bobDoc = await bob.join(doc);
+    assert.deepEqual(bobDoc.users.get(ada.userId).info, { color: "#e91e63", name: "Ada" });
+    const joined = waitFor(bobDoc, "join");
+    const cy = client(server.url, { info: { name: "Cy" } });
+    await cy.join(doc);
+    const entry = await joined;
+    assert.equal(entry.userId, cy.userId);
+    assert.deepEqual(entry.info, { name: "Cy" });
+    const nobody = client(server.url);
+    await nobody.join(doc);
+    await until(() => bobDoc.users.has(nobody.userId));
+    assert.equal(bobDoc.users.get(nobody.userId).info, null);
+  });
+
   test("close() rejects pending joins and stops for good", async () => {
     const c = client(server.url);
     const pending = c.join(newId());
@@ -289,9 +310,9 @@ describe("a refused re-join", () => {
     // A gate in front of Alice's WebSocket: closed, her reconnects fail until it opens.
     let gateOpen = true;
     class GatedWebSocket extends WebSocket {
-      constructor(url) {
+      constructor(url, protocols) {
         if (!gateOpen) throw new Error("gate closed");
-        super(url);
+        super(url, protocols);
       }
     }
     try {
@@ -330,12 +351,19 @@ describe("tokens", () => {
     await server?.stop();
   });
 
-  test("a token is sent as ?token= and gives the user id", async () => {
+  test("a token is offered as a subprotocol (the server selects cpc.v1) and gives the user id", async () => {
     const sub = newId();
     const token = hs256({ sub, exp: Math.floor(Date.now() / 1000) + 600 }, secret);
     const c = client(server.url, { token });
     assert.equal(c.userId, sub);
     const doc = await c.join(newId());
+    assert.equal(doc.joined, true);
+  });
+
+  test("tokenIn: 'query' sends it as ?token= instead", async () => {
+    const sub = newId();
+    const token = hs256({ sub, exp: Math.floor(Date.now() / 1000) + 600 }, secret);
+    const doc = await client(server.url, { token, tokenIn: "query" }).join(newId());
     assert.equal(doc.joined, true);
   });
 
@@ -368,5 +396,90 @@ describe("tokens", () => {
     assert.equal(info.willReconnect, false);
     assert.equal(c.state, "closed");
     assert.equal(errors[0].code, "AUTH_ERROR");
+  });
+});
+
+describe("what goes on the wire", () => {
+  test("the token is in Sec-WebSocket-Protocol, never in the URL", async () => {
+    // A plain HTTP server that records the handshake request and hangs up.
+    const seen = [];
+    const http = createServer();
+    http.on("upgrade", (request, socket) => {
+      seen.push({ url: request.url, protocol: request.headers["sec-websocket-protocol"] });
+      socket.destroy();
+    });
+    await new Promise((resolve) => http.listen(0, "127.0.0.1", resolve));
+    try {
+      const token = hs256({ sub: newId(), exp: Math.floor(Date.now() / 1000) + 600 }, "k".repeat(32));
+      const c = client(`ws://127.0.0.1:${http.address().port}/ws`, { token, reconnect: false });
+      await assert.rejects(c.connect(), ClientError);
+      assert.deepEqual(seen, [{ url: "/ws", protocol: `cpc.v1, cpc.token.${token}` }]);
+    } finally {
+      closeAll();
+      http.close();
+    }
+  });
+
+  test("info rides on the join; a bad info is refused at once", async () => {
+    assert.throws(() => new CpcClient("ws://x/ws", { info: "Ada" }), TypeError);
+    assert.throws(() => new CpcClient("ws://x/ws", { info: { name: "x".repeat(2000) } }), TypeError);
+  });
+});
+
+describe("refusals", () => {
+  test("comments refused because the server's storage is full leave doc.notes", async () => {
+    const server = await startServer(["--max-stored-bytes", "1000"]);
+    try {
+      const doc = newId();
+      const author = client(server.url);
+      const reader = client(server.url);
+      const authorDoc = await author.join(doc);
+      const readerDoc = await reader.join(doc);
+      const refused = [];
+      authorDoc.on("noteRefused", (note, error) => refused.push([note, error]));
+      const received = collect(readerDoc, "note");
+      for (let i = 0; i < 12; i++) authorDoc.comment(at(i, 0), `comment ${i} `.padEnd(100, "."));
+      await until(() => refused.length > 0 && received.length + refused.length === 12);
+      assert.ok(refused.every(([, error]) => error.code === "CONNECTION_ERROR"));
+      // What the author still shows is exactly what the others got.
+      assert.deepEqual(
+        authorDoc.notes.map((n) => n.content),
+        received.map((n) => n.content),
+      );
+    } finally {
+      closeAll();
+      await server.stop();
+    }
+  });
+
+  test("a comment the server refuses leaves doc.notes and says so; later ones stay", async () => {
+    const server = await startServer(["--max-content-chars", "10"]);
+    try {
+      const doc = newId();
+      const author = client(server.url);
+      const reader = client(server.url);
+      const authorDoc = await author.join(doc);
+      const readerDoc = await reader.join(doc);
+      const refused = waitFor(authorDoc, "noteRefused");
+      // In one burst: the first is accepted (silently), the second refused, the third accepted.
+      authorDoc.comment(at(0, 0), "first");
+      authorDoc.comment(at(1, 0), "far too long for this server");
+      authorDoc.comment(at(2, 0), "last");
+      const [note, error] = await refused;
+      assert.equal(note.content, "far too long for this server");
+      assert.equal(error.code, "PARSE_ERROR");
+      await until(() => readerDoc.notes.length === 2, undefined, "the reader's two notes");
+      assert.deepEqual(
+        authorDoc.notes.map((n) => n.content),
+        ["first", "last"],
+      );
+      assert.deepEqual(
+        readerDoc.notes.map((n) => n.content),
+        ["first", "last"],
+      );
+    } finally {
+      closeAll();
+      await server.stop();
+    }
   });
 });

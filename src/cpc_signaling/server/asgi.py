@@ -53,6 +53,7 @@ from .api import handle as handle_api
 from .config import Config
 from .endpoints import Endpoints
 from .frontdoor import Link, close_reason, handshake
+from .hooks import Hooks
 from .logs import install_filters, setup_logging
 from .service import Peer, Service
 from .session import Session
@@ -70,9 +71,12 @@ Send_ = Callable[[ASGIMessage], Awaitable[None]]
 _BATCH = 64 * 1024
 
 
-def create_app(config: Config | None = None, *, service: Service | None = None) -> SignalingApp:
-    """An ASGI application serving ``config`` (or an existing ``service``)."""
-    return SignalingApp(config, service=service)
+def create_app(
+    config: Config | None = None, *, service: Service | None = None, hooks: Hooks | None = None
+) -> SignalingApp:
+    """An ASGI application serving ``config`` (or an existing ``service``); ``hooks``:
+    the application's join and event hooks (docs/hooks.md)."""
+    return SignalingApp(config, service=service, hooks=hooks)
 
 
 def from_environment() -> SignalingApp:
@@ -226,9 +230,15 @@ class SignalingApp:
     """The ASGI application. ``service`` is the running service: its ``publish``,
     ``presence`` and ``disconnect`` are the server-side Python API."""
 
-    def __init__(self, config: Config | None = None, *, service: Service | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        service: Service | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
         if service is None:
-            service = Service(config or Config())
+            service = Service(config or Config(), hooks=hooks)
         self.service = service
         self.config = service.config
         self.endpoints = Endpoints(service)
@@ -330,7 +340,10 @@ class SignalingApp:
                 await _respond(send, 413, b"request body too large\n", _TEXT)
                 return
             authorization = _header(scope, b"authorization")
-            response = await handle_api(service, method, path, authorization, body)
+            client = scope.get("client")
+            response = await handle_api(
+                service, method, path, authorization, body, remote=client[0] if client else None
+            )
             await _respond(send, response.status, response.body, response.headers)
             return
         answer = self.endpoints.respond(method, path, _header(scope, b"if-none-match"))

@@ -1,4 +1,4 @@
-"""Who may connect: JWT authentication (CONTRACT §3) and the browser Origin check.
+"""Who may connect: JWT authentication and the browser Origin check.
 
 Pure functions of a token or a header, no I/O: the transport extracts the
 token (``?token=`` or ``Authorization: Bearer``) and the Origin header, and the
@@ -14,11 +14,17 @@ Choices where the contract is silent (docs/security.md explains them):
   public key can never be used as an HMAC secret ("alg confusion").
 - A token with an ``aud`` claim is refused unless ``--jwt-audience`` names one
   of its audiences (PyJWT's default, kept on purpose).
+- ``--jwt-max-age`` refuses a token whose ``exp`` is further away than that: a
+  token leaked from a URL or a log must not stay good for a year.
+- An empty secret is an error, never "no authentication"; without a key the
+  standalone server listens on a public address only with ``--open``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,7 @@ class Identity:
     allowed_documents: frozenset[str] | None  # None: any document
     expires_at: float  # Unix time after which the connection is closed (leeway included)
     info: bytes = b""  # the `info` claim, canonical JSON (protocol.encode_info); empty: none
+    claims: dict[str, Any] | None = None  # all the token's claims (for the join hook)
 
 
 class Authenticator:
@@ -68,11 +75,17 @@ class Authenticator:
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 0.0,
+        max_age: float = 0.0,
     ) -> None:
+        if secret is not None and not secret:
+            raise ValueError("the JWT secret is empty: give one, or none for open mode")
         if secret and public_key_pem:
             raise ValueError("give either a JWT secret or a JWT public key, not both")
         if leeway < 0:
             raise ValueError("--jwt-leeway must be >= 0")
+        if max_age < 0:
+            raise ValueError("--jwt-max-age must be >= 0")
+        self.max_age = float(max_age)
         self.audience = audience or None
         self.issuer = issuer or None
         self.leeway = float(leeway)
@@ -102,6 +115,7 @@ class Authenticator:
             audience=config.jwt_audience,
             issuer=config.jwt_issuer,
             leeway=config.jwt_leeway,
+            max_age=config.jwt_max_age,
         )
 
     @property
@@ -167,12 +181,17 @@ class Authenticator:
             if not isinstance(docs, list) or not all(is_uuid(d) for d in docs):
                 raise AuthError("token `docs` claim must be a list of document_ids (UUIDs)")
             allowed = frozenset(d.lower() for d in docs)
-        exp = claims["exp"]  # PyJWT checked it is a number
+        exp = float(claims["exp"])  # PyJWT checked it is a number
+        if self.max_age and exp - time.time() > self.max_age + self.leeway:
+            raise AuthError(
+                f"token lives too long: its `exp` is more than {self.max_age:g}s away "
+                "(this server's --jwt-max-age)"
+            )
         try:
             info = encode_info(claims.get("info"))
         except ValueError as exc:
             raise AuthError(f"token `info` claim {exc}") from None
-        return Identity(sub.lower(), allowed, float(exp) + self.leeway, info)
+        return Identity(sub.lower(), allowed, exp + self.leeway, info, claims)
 
 
 def _safe(exc: Exception) -> str:
@@ -221,12 +240,30 @@ def _normalize(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
-def config_problem(config: Config) -> str | None:
-    """Why the security options cannot work (a bad key file, half a TLS pair), or None."""
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
     try:
-        Authenticator.from_config(config)
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve to anything: not known to be loopback
+
+
+def config_problem(config: Config) -> str | None:
+    """Why the standalone server must not start with ``config`` (a bad key file, half a
+    TLS pair, open mode on a public address without ``--open``), or None."""
+    try:
+        auth = Authenticator.from_config(config)
     except (OSError, ValueError) as exc:
         return f"--jwt-secret/--jwt-public-key: {exc}"
+    if not auth.enabled and not config.open and not is_loopback(config.host):
+        return (
+            f"no authentication is configured and --host {config.host} is not a loopback "
+            "address: anyone who reaches it could act as any user. Set a key "
+            "(--jwt-secret / CPC_JWT_SECRET, or --jwt-public-key), or pass --open "
+            "(CPC_OPEN=1) to serve unauthenticated on purpose"
+        )
     if bool(config.tls_cert) != bool(config.tls_key):
         return "--tls-cert and --tls-key go together"
     if config.tls_cert and config.tls_key:
@@ -236,4 +273,6 @@ def config_problem(config: Config) -> str | None:
             )
         except (OSError, ssl.SSLError) as exc:
             return f"--tls-cert/--tls-key: {exc}"
-    return None
+    from .hooks import hooks_problem
+
+    return hooks_problem(config)

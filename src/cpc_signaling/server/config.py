@@ -86,14 +86,28 @@ class Config:
     )
     # security (docs/security.md)
     jwt_secret: str | None = _opt(
-        None, "HS256 secret: connections must present a JWT (default: open, no authentication)"
+        None,
+        "HS256 secret: connections must present a JWT (default: open, no authentication); "
+        "an empty secret is an error",
+        keep_empty=True,
     )
     jwt_public_key: str | None = _opt(
-        None, "PEM file of an RSA (RS256) or EC (ES256) public key verifying client JWTs"
+        None,
+        "PEM file of an RSA (RS256) or EC (ES256) public key verifying client JWTs",
+        keep_empty=True,
     )
     jwt_audience: str | None = _opt(None, "required `aud` claim of client JWTs")
     jwt_issuer: str | None = _opt(None, "required `iss` claim of client JWTs")
     jwt_leeway: float = _opt(0.0, "seconds of clock skew allowed on `exp`/`nbf`")
+    jwt_max_age: float = _opt(
+        0.0,
+        "refuse tokens whose `exp` is more than this many seconds away (0: no limit)",
+    )
+    open: bool = _opt(
+        False,
+        "serve without authentication (no JWT key) on an address other than loopback; "
+        "without a key and without --open the server only listens on loopback",
+    )
     allowed_origins: str = _opt(
         "*", "comma list of browser origins allowed to connect (scheme://host[:port]) or *"
     )
@@ -128,8 +142,10 @@ class Config:
     ping_timeout: float = _opt(20.0, "seconds to wait for the pong before closing")
     drain_timeout: float = _opt(2.0, "seconds SIGTERM/SIGINT may take to announce leaves")
     # operations
-    log_level: str = _opt("info", "debug, info, warning or error")
-    log_format: str = _opt("text", "text or json")
+    log_level: str = _opt(
+        "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
+    )
+    log_format: str = _opt("text", "text or json", choices=("text", "json"))
     demo: bool = _opt(
         True, "serve the live demo page at / (the JS client at /client.js is always served)"
     )
@@ -138,6 +154,48 @@ class Config:
         "enables the HTTP API under /api/ (publish, presence, disconnect) for callers "
         "that send 'Authorization: Bearer KEY'; without a key the API is off (404)",
     )
+    # hooks for the application (docs/hooks.md)
+    join_webhook: str | None = _opt(
+        None,
+        "URL the server POSTs {user_id, document_id, claims} to before a connection joins a "
+        "document: 2xx allows, 403 denies (AUTH_ERROR with the body's reason)",
+    )
+    join_webhook_timeout: float = _opt(3.0, "seconds to wait for the join webhook's answer")
+    join_webhook_cache: float = _opt(
+        30.0, "seconds an answer (allow or deny) is reused for the same user and document; 0: none"
+    )
+    join_webhook_cache_size: int = _opt(
+        10_000, "answers the join cache keeps; the least recently used go first"
+    )
+    join_webhook_fail_open: bool = _opt(
+        False,
+        "allow the join when the join webhook gives no answer (timeout, connection error, "
+        "a status other than 2xx/403); by default it is refused with CONNECTION_ERROR",
+    )
+    event_webhook: str | None = _opt(
+        None, "URL the server POSTs JSON batches of join, leave, annotation and comment events to"
+    )
+    event_webhook_timeout: float = _opt(
+        10.0, "seconds one delivery to the event webhook may take before it is retried"
+    )
+    event_webhook_queue: int = _opt(
+        10_000, "events waiting for delivery; when full, new events are dropped (counted, logged)"
+    )
+    event_webhook_batch: int = _opt(100, "most events in one delivery")
+    event_webhook_backoff_max: float = _opt(
+        60.0, "longest pause between retries of a failed delivery (exponential from 0.5 s)"
+    )
+    webhook_secret: str | None = _opt(
+        None,
+        "key signing every webhook request with HMAC-SHA256 (header X-CPC-Signature: "
+        "t=UNIX,v1=HEX over 'UNIX.BODY'); an empty key is an error",
+        keep_empty=True,
+    )
+
+    def __post_init__(self) -> None:
+        problem = _field_problem(self)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def from_args(
@@ -158,9 +216,34 @@ class Config:
                 values[f.name] = given
                 continue
             raw = env.get(env_name(f.name))
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or f.metadata.get("keep_empty")):
                 values[f.name] = _convert(f, raw)
         return cls(**values)
+
+
+# Shorter API keys can be guessed; tokens of a 32-byte secret cannot be forged.
+MIN_API_KEY_CHARS = 32
+
+
+def _field_problem(config: Config) -> str | None:
+    """Why a value cannot work, whoever builds the Config (flags, variables, an embedder)."""
+    if config.jwt_secret == "":
+        return (
+            "--jwt-secret / CPC_JWT_SECRET is empty: give a secret (at least 32 random bytes), "
+            "or leave it unset to run open (development only)"
+        )
+    if config.jwt_public_key == "":
+        return "--jwt-public-key / CPC_JWT_PUBLIC_KEY is empty: give a PEM file, or leave it unset"
+    if config.api_key is not None and len(config.api_key) < MIN_API_KEY_CHARS:
+        return (
+            f"--api-key / CPC_API_KEY must be at least {MIN_API_KEY_CHARS} characters "
+            f"(got {len(config.api_key)}): e.g. openssl rand -base64 33"
+        )
+    if config.jwt_max_age < 0:
+        return "--jwt-max-age must be >= 0 (0: no limit)"
+    if not 0 <= config.port <= 65535:
+        return f"--port {config.port}: expected 0 to 65535"
+    return None
 
 
 def env_name(name: str) -> str:
@@ -179,11 +262,29 @@ def _base_type(f: dataclasses.Field[Any]) -> type:
     return str
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    """A ``CPC_*`` value as the field's type; ValueError naming the variable otherwise."""
     kind = _base_type(f)
+    name = env_name(f.name)
     if kind is bool:
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
-    return kind(raw)
+        word = raw.strip().lower()
+        if word not in _TRUE | _FALSE:
+            raise ValueError(f"{name}={raw!r}: expected true or false (1/0, yes/no, on/off)")
+        return word in _TRUE
+    try:
+        value = kind(raw)
+    except ValueError:
+        article = "an" if kind is int else "a"
+        what = {int: "integer", float: "number"}.get(kind, kind.__name__)
+        raise ValueError(f"{name}={raw!r}: expected {article} {what}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,4 +301,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help=text,
             )
         else:
-            parser.add_argument(flag_name(f.name), dest=f.name, type=kind, default=None, help=text)
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                type=_flag_type(kind, f.metadata.get("choices")),
+                default=None,
+                help=text,
+            )
+
+
+def _flag_type(kind: type, choices: Sequence[str] | None) -> Any:
+    """The flag's converter: argparse turns its ValueError/ArgumentTypeError into one line."""
+
+    def convert(raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+            raise argparse.ArgumentTypeError(f"{raw!r}: expected {what}") from None
+        if choices and value not in choices:
+            raise argparse.ArgumentTypeError(f"{raw!r}: expected one of {', '.join(choices)}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert

@@ -44,6 +44,7 @@ from ..protocol import (
     Annotation,
     Comment,
     Decoder,
+    DocumentMessage,
     Error,
     ErrorCode,
     PresenceMessage,
@@ -55,6 +56,9 @@ from .config import Config
 from .errors import Unavailable
 from .following import Following
 from .guard import Guard, Refusal
+from .hooks import HookRuntime, Hooks, JoinRequest
+from .hooks.authorize import Decision
+from .hooks.authorize import Verdict as CheckVerdict
 from .metrics import Metrics
 from .session import Session, Verdict
 from .tally import Tally
@@ -94,7 +98,12 @@ class PresentUser:
 
 class Service:
     def __init__(
-        self, config: Config, *, backend: Backend | None = None, metrics: Metrics | None = None
+        self,
+        config: Config,
+        *,
+        backend: Backend | None = None,
+        metrics: Metrics | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.instance_id = config.instance_id or uuid.uuid4().hex[:12]
@@ -115,6 +124,11 @@ class Service:
         self.following = Following(backend, self.hub, self.spawn)
         self.decoder = Decoder(max_content_chars=config.max_content_chars)
         self.metrics = metrics or Metrics()
+        # The application's hooks (docs/hooks.md): join checks in flight, per (connection,
+        # document); frames for that document wait for the check (on_frame).
+        self.hooks = HookRuntime(config, hooks, self.metrics.registry, self.instance_id)
+        self._emitting = self.hooks.events is not None
+        self._checks: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.tally = Tally(self.metrics)
         self.guard = Guard(config, self.metrics)  # auth and connection caps
         self.sessions: dict[str, Session] = {}  # connection id -> its session
@@ -139,6 +153,7 @@ class Service:
             metrics=self.metrics,
         )
         await self.following.start(self._on_event, hooks)
+        self.hooks.start()
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, the body of /readyz) for every transport."""
@@ -166,6 +181,7 @@ class Service:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
         await self.following.close()
+        await self.hooks.close()  # delivers the drain's leaves, within its grace period
 
     # -- connections ---------------------------------------------------------
 
@@ -194,6 +210,8 @@ class Service:
             )
         session = self.sessions[conn.id] = Session(conn, self.config)
         if verdict is not None:
+            if self.hooks.authorizer is not None:
+                session.claims = verdict.claims  # for the join hook; else not kept
             self.guard.count(verdict)
             session.counted = verdict.user_id
             loop = asyncio.get_running_loop()
@@ -286,15 +304,93 @@ class Service:
                         f"rate limited: more than {self.config.stored_rate_limit:g} "
                         "annotations and comments/s; they are being dropped",
                     )
+            if self._checks:
+                held = self._checks.get((conn.id, message.document_id))
+                if held is not None:  # its join is being authorized: after it, in order
+                    return self._after_check(session, held, message)
             doc_id, event = self.hub.receive(conn, message)
         except ProtocolError as exc:
             self.reject(session, exc)
             return None
         self.tally.message(kind.__name__)
-        if type(event) is Joined and self.following.must_attach(doc_id):
+        if type(event) is Joined:
+            return self._join(session, doc_id, event)
+        self._submit(doc_id, event)
+        return None
+
+    def _join(self, session: Session, doc_id: str, event: Joined) -> Awaitable[None] | None:
+        """A join the hub accepted: authorize it (join hook), attach, submit."""
+        authorizer = self.hooks.authorizer
+        if authorizer is not None and session.id not in self.hub.local_members.get(doc_id, {}):
+            # Not a member yet (a repeated join of a member only re-sends the snapshot).
+            decision = authorizer.cached(event.user, doc_id)
+            if decision is None:
+                held = asyncio.get_running_loop().create_future()
+                self._checks[(session.id, doc_id)] = held
+                self.spawn(self._check_then_join(session, doc_id, event, held))
+                return None  # the reader goes on; this document's frames wait (on_frame)
+            if not decision.allowed:
+                self._join_refused(session, doc_id, decision)
+                return None
+        if self.following.must_attach(doc_id):
             return self._attach_then_join(session, doc_id, event)
         self._submit(doc_id, event)
         return None
+
+    async def _check_then_join(
+        self, session: Session, doc_id: str, event: Joined, held: asyncio.Future[None]
+    ) -> None:
+        """Ask the application (join hook), then join, while the connection reads on."""
+        conn = session.conn
+        try:
+            assert self.hooks.authorizer is not None
+            request = JoinRequest(event.user, doc_id, session.claims)
+            decision = await self.hooks.authorizer.authorize(request)
+            if session.left or session.closing is not None or doc_id not in conn.joined:
+                self.following.detach_released()  # gone meanwhile: never a member
+            elif not decision.allowed:
+                self._join_refused(session, doc_id, decision)
+            elif self.following.must_attach(doc_id):
+                await self._attach_then_join(session, doc_id, event)
+            else:
+                self._submit(doc_id, event)
+        finally:
+            del self._checks[(session.id, doc_id)]
+            held.set_result(None)
+
+    def _join_refused(self, session: Session, doc_id: str, decision: Decision) -> None:
+        """The join hook said no (AUTH_ERROR) or gave no answer (CONNECTION_ERROR)."""
+        self.hub.cancel_join(session.conn, doc_id)
+        self.following.detach_released()
+        if decision.verdict is CheckVerdict.DENIED:
+            message = f"join of document {doc_id} denied: {decision.reason}"
+            self.reject(session, ProtocolError(ErrorCode.AUTH_ERROR, message))
+        else:
+            self.send_error(
+                session.peer,
+                ErrorCode.CONNECTION_ERROR,
+                f"cannot authorize the join of document {doc_id} now; retry",
+            )
+
+    async def _after_check(
+        self, session: Session, held: asyncio.Future[None], message: DocumentMessage
+    ) -> None:
+        """A frame for a document whose join is being authorized: handled after it."""
+        await held
+        if session.closing is not None or session.left:
+            return
+        try:
+            doc_id, event = self.hub.receive(session.conn, message)
+        except ProtocolError as exc:
+            self.reject(session, exc)
+            return
+        self.tally.message(type(message).__name__)
+        if type(event) is Joined:
+            pending = self._join(session, doc_id, event)
+            if pending is not None:
+                await pending
+        else:
+            self._submit(doc_id, event)
 
     def on_binary(self, session: Session, nbytes: int) -> None:
         """A binary frame: ``PARSE_ERROR`` (text JSON only), counted like any error."""
@@ -365,6 +461,8 @@ class Service:
         log.info("published %s", event.kind, extra={"document_id": doc_id, "user_id": event.user})
         if not self._submit(doc_id, event):
             raise Unavailable(f"backend {self.following.name} overloaded")
+        if self._emitting:
+            self.hooks.published(doc_id, event)
         return doc_id
 
     async def presence(self, document_id: str) -> list[PresentUser]:
@@ -423,6 +521,7 @@ class Service:
             log.warning("order %r from instance %s ignored", order.get("op"), order.get("origin"))
 
     def disconnect_local(self, user_id: str, reason: str) -> int:
+        self.hooks.forget_user(user_id)  # a reconnect is asked again (access revoked?)
         sessions = [s for s in self.sessions.values() if s.user_id == user_id]
         for session in sessions:
             self._leave(session)
@@ -496,13 +595,23 @@ class Service:
     def _on_event(
         self, doc_id: str, event: Event, own: bool = True, decided: int | None = None
     ) -> None:
-        """The backend's sink: a sequenced event to apply and fan out locally."""
+        """The backend's sink: a sequenced event to apply and fan out locally.
+
+        ``own``: the event happened on this instance; only then is it sent to the
+        application's event hook (once per service, not once per instance).
+        ``decided``: the outcome the shared store decided, for the replica to follow.
+        """
         # The fan-out histogram samples one event in 8: timing each costs more than
         # a small fan-out itself, and the distribution is what it is for.
         sample = self._fanout_sample = (self._fanout_sample + 1) & 7
         started = 0.0 if sample else time.perf_counter()
+        before = None
+        if self._emitting and own:
+            before = self.hooks.observe(self.hub.documents.get(doc_id), event)
         for send in self.hub.apply(doc_id, event, decided):
             self._deliver(send)
+        if before is not None:
+            self.hooks.applied(doc_id, self.hub.documents.get(doc_id), event, before)
         if not sample:
             self.metrics.fanout_seconds.observe(time.perf_counter() - started)
         if self.hub.released:

@@ -50,6 +50,7 @@ class Session:
         "_config",
         "_rate",
         "_stored_rate",
+        "claims",
         "closing",
         "conn",
         "counted",
@@ -69,6 +70,7 @@ class Session:
         self.closing: tuple[int, str] | None = None
         self.left = False  # its leaves were submitted (exactly once)
         self.counted: str | None = None  # the user its token counted against the per-user cap
+        self.claims: dict[str, Any] | None = None  # its token's claims, kept for the join hook
 
     @property
     def id(self) -> str:

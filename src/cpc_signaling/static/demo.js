@@ -29,7 +29,9 @@ The signaling server only says who is here and what they point at.
 `;
 
 // ---------------------------------------------------------------------------
-// Identity: a user per page, a name and a colour from the id.
+// Identity: a user per page. Name and colour come from the user's info (their
+// token's `info` claim, or ?name= and ?color= on a server without tokens); a user
+// without info gets a made-up name and a colour from their id.
 
 const ADJECTIVES = [
   "Amber", "Brave", "Calm", "Clever", "Coral", "Cosmic", "Curious", "Dapper",
@@ -60,6 +62,8 @@ function hash(text) {
 const colours = new Map();
 let coloursLocked = false;
 function colourOf(id) {
+  const chosen = infoColour(infoOf(id));
+  if (chosen) return chosen;
   const given = colours.get(id);
   if (given) return given;
   const preferred = hash(id) % COLOURS.length;
@@ -74,17 +78,38 @@ function colourOf(id) {
   return colour;
 }
 
-const people = new Map();
+// Every user's info seen in this document (kept after they leave: their comments stay).
+const infos = new Map();
+function infoOf(id) {
+  return doc?.users.get(id)?.info ?? infos.get(id) ?? null;
+}
+function remember(presence) {
+  if (presence.info) infos.set(presence.userId, presence.info);
+}
+
+function infoName(info) {
+  const name = info?.name;
+  if (typeof name !== "string") return null;
+  const clean = name.replace(/\s+/g, " ").trim();
+  return clean ? [...clean].slice(0, 40).join("") : null;
+}
+
+// Only #rgb / #rrggbb: a colour from another user's info goes into style properties.
+function infoColour(info) {
+  const colour = info?.color ?? info?.colour;
+  return typeof colour === "string" && /^#([0-9a-f]{3}|[0-9a-f]{6})$/i.test(colour) ? colour : null;
+}
+
+function madeUpName(userId) {
+  const h = hash(userId);
+  return `${ADJECTIVES[h % 32]} ${ANIMALS[(h >>> 5) % 32]}`;
+}
+
 function person(userId) {
-  let p = people.get(userId);
-  if (!p) {
-    const h = hash(userId);
-    const name = `${ADJECTIVES[h % 32]} ${ANIMALS[(h >>> 5) % 32]}`;
-    const initials = name.split(" ").map((w) => w[0]).join("");
-    p = { name, initials };
-    people.set(userId, p);
-  }
-  return { ...p, colour: colourOf(userId) };
+  const name = infoName(infoOf(userId)) ?? madeUpName(userId);
+  const words = name.split(" ").filter(Boolean);
+  const initials = words.slice(0, 2).map((w) => [...w][0].toUpperCase()).join("");
+  return { name, initials, colour: colourOf(userId) };
 }
 
 function stored(key, make) {
@@ -97,9 +122,12 @@ function stored(key, make) {
   }
 }
 
+// Without ?doc= every tab opens the same demo document (so "open it in a few tabs"
+// works); the URL then names it, and "New document" makes a fresh one.
+const DEMO_DOCUMENT = "6f1c2e1a-0d7e-4d53-9a55-0d8f3b0f0b11";
 let documentId = params.get("doc");
 if (!documentId || !UUID.test(documentId)) {
-  documentId = crypto.randomUUID();
+  documentId = DEMO_DOCUMENT;
   params.set("doc", documentId);
   history.replaceState(null, "", `?${params}`);
 }
@@ -110,6 +138,30 @@ documentId = documentId.toLowerCase();
 const token = params.get("token") || undefined;
 const pinned = params.get("user") ?? (token ? tokenSubject(token) : undefined);
 const userId = (pinned && UUID.test(pinned) ? pinned : crypto.randomUUID()).toLowerCase();
+// Who I am to the others: my token's `info` claim wins (the server uses it); without a
+// token, ?name= and ?color= (or ?colour=) become the info my joins carry.
+const ownInfo = token ? tokenInfo(token) : urlInfo();
+if (ownInfo) infos.set(userId, ownInfo);
+
+function urlInfo() {
+  const info = {};
+  const name = params.get("name");
+  const colour = params.get("color") ?? params.get("colour");
+  if (name && name.trim()) info.name = [...name.trim()].slice(0, 40).join("");
+  if (colour && infoColour({ color: colour })) info.color = colour;
+  return Object.keys(info).length ? info : null;
+}
+
+function tokenInfo(jwt) {
+  try {
+    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(part + "=".repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const info = JSON.parse(new TextDecoder().decode(bytes)).info;
+    return info && typeof info === "object" && !Array.isArray(info) ? info : null;
+  } catch {
+    return null;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Elements and text metrics.
@@ -158,7 +210,7 @@ function toOffset({ line, column }) {
 // ---------------------------------------------------------------------------
 // Client and document.
 
-const client = new CpcClient({ userId, token });
+const client = new CpcClient({ userId, token, info: token ? undefined : (ownInfo ?? undefined) });
 const statusSelect = $("status");
 statusSelect.value = stored("cpc-demo-status", () => "online");
 let doc = null;
@@ -186,7 +238,19 @@ async function start() {
   coloursLocked = true;
   for (const id of doc.users.keys()) colourOf(id);
   colourOf(userId);
-  doc.on("join", (presence) => colourOf(presence.userId));
+  for (const presence of doc.users.values()) remember(presence);
+  doc.on("join", (presence) => {
+    remember(presence);
+    colourOf(presence.userId);
+  });
+  doc.on("sync", () => doc.users.forEach(remember));
+  // A note the server refused is taken back: say why, and give the text back to edit.
+  doc.on("noteRefused", (note, error) => {
+    renderNotes();
+    $("note-error").textContent = `Not posted: ${error.message}`;
+    const box = $("note-text");
+    if (!box.value) box.value = note.content;
+  });
   for (const type of ["sync", "join", "leave", "presence", "connection"]) doc.on(type, scheduleRender);
   doc.on("note", (note) => {
     fresh.add(note);
@@ -510,6 +574,15 @@ gutterInner.addEventListener("click", (event) => {
 const fresh = new WeakSet();
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
 
+// Any timestamp the server accepted must render: RFC 3339 allows a leap second
+// (…T23:59:60Z), which Date cannot parse; it is shown as :59. Anything else Date
+// cannot read is shown as sent.
+function formatTime(timestamp) {
+  let date = new Date(timestamp);
+  if (Number.isNaN(date.getTime())) date = new Date(String(timestamp).replace(/(T\d\d:\d\d):60/i, "$1:59"));
+  return Number.isNaN(date.getTime()) ? String(timestamp) : timeFormat.format(date);
+}
+
 function renderNotes() {
   const notes = [...(doc?.notes ?? [])].sort(
     (a, b) => a.position.line - b.position.line || a.position.column - b.position.column,
@@ -530,7 +603,7 @@ function renderNotes() {
     chip.type = "button";
     chip.title = "Jump to the line";
     chip.addEventListener("click", () => jumpTo(note.position.line));
-    const when = el("time", "", timeFormat.format(new Date(note.timestamp)));
+    const when = el("time", "", formatTime(note.timestamp));
     when.dateTime = note.timestamp;
     const author = el("span", "note-author", p.name);
     if (note.user_id === userId) author.append(el("span", "you", "you"));
