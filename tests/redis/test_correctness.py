@@ -151,6 +151,8 @@ async def test_instances_configured_differently_keep_one_truth(redis: RedisServe
         await receive_until(a, lambda m: type(m) is Comment and m.content == "c3")
         async with Client(s1.url, new_id()) as on1, Client(s2.url, new_id()) as on2:
             assert comments(await on1.join(stored)) == comments(await on2.join(stored))
+        # The instance that started second warns that the limits differ.
+        assert any("has other limits" in line for line in s2.lines), s2.lines[-10:]
 
 
 async def test_another_database_on_the_same_redis_is_another_world(redis: RedisServer) -> None:

@@ -33,8 +33,8 @@ def create_backend(url: str | None, **options: object) -> Backend:
     more, comma-separated: the nodes documents are spread over) for Redis.
 
     Redis is imported only here, so the memory default needs no redis package.
-    ``options``: for Redis, ``options=`` a ``RedisOptions``, or (until the service
-    builds one) ``config=`` and ``instance_id=``.
+    ``options``: for Redis, ``options=`` a ``redis.RedisOptions`` (the service builds
+    it from its configuration) and optionally ``metrics=``.
     """
     if not url or url.startswith("memory:"):
         return MemoryBackend()
