@@ -1,40 +1,40 @@
-"""The conformance harness: the same tests against the memory and the Redis roles."""
+"""The conformance harness: the same tests against the memory and the Redis store."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import secrets
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
-from cpc_signaling.backends import (
-    Broker,
-    MemoryBroker,
-    MemoryBus,
-    MemoryPresenceStore,
-    PresenceStore,
-)
+from cpc_signaling.backends import MemoryBus, MemoryStore, Store
 from cpc_signaling.core import Event
 
 from ..helpers import TIMEOUT, new_id
 from ..redis.server import RedisServer, redis_server
 
+Delivered = tuple[str, int, str, Event, int]
+"""(document, seq, origin, event, decided), one per event."""
+
 
 @dataclass
 class Inbox:
-    """What one broker delivered: (document, seq, origin, event), in arrival order."""
+    """What one instance was delivered, one item per event, in arrival order."""
 
-    items: list[tuple[str, int, str, Event]] = field(default_factory=list)
+    items: list[Delivered] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def __call__(self, doc: str, seq: int, origin: str, event: Event) -> None:
-        self.items.append((doc, seq, origin, event))
+    def __call__(
+        self, doc: str, first: int, origin: str, events: Sequence[Event], decided: Sequence[int]
+    ) -> None:
+        for n, (event, outcome) in enumerate(zip(events, decided, strict=True)):
+            self.items.append((doc, first + n, origin, event, outcome))
         self.changed.set()
 
-    async def wait_for(self, count: int) -> list[tuple[str, int, str, Event]]:
+    async def wait_for(self, count: int) -> list[Delivered]:
         async with asyncio.timeout(TIMEOUT):
             while len(self.items) < count:
                 self.changed.clear()
@@ -43,16 +43,21 @@ class Inbox:
 
 
 class Harness:
-    """Makes stores and brokers of one kind that share one backing "Redis"."""
+    """Makes stores of one kind that share one backing "Redis"; each store is one
+    instance's view, delivering other instances' events of followed documents to
+    its inbox."""
 
     kind: str
 
     async def store(
-        self, instance_id: str = "i1", *, max_members: int = 1000, max_stored: int = 1000
-    ) -> PresenceStore:
-        raise NotImplementedError
-
-    async def broker(self, inbox: Inbox, instance_id: str = "i1") -> Broker:
+        self,
+        instance_id: str = "i1",
+        *,
+        max_members: int = 1000,
+        max_stored: int = 1000,
+        max_stored_bytes: int = 1 << 30,
+        inbox: Inbox | None = None,
+    ) -> Store:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -64,71 +69,82 @@ class MemoryHarness(Harness):
 
     def __init__(self) -> None:
         self.bus = MemoryBus()
-        self.stores: dict[tuple[int, int], MemoryPresenceStore] = {}
 
     async def store(
-        self, instance_id: str = "i1", *, max_members: int = 1000, max_stored: int = 1000
-    ) -> PresenceStore:
-        # One canonical state per limits (as one Redis is for every instance).
-        key = (max_members, max_stored)
-        if key not in self.stores:
-            self.stores[key] = MemoryPresenceStore(
-                self.bus, instance_id=instance_id, max_members=max_members, max_stored=max_stored
-            )
-        return self.stores[key]
-
-    async def broker(self, inbox: Inbox, instance_id: str = "i1") -> Broker:
-        return MemoryBroker(self.bus, inbox)
+        self,
+        instance_id: str = "i1",
+        *,
+        max_members: int = 1000,
+        max_stored: int = 1000,
+        max_stored_bytes: int = 1 << 30,
+        inbox: Inbox | None = None,
+    ) -> Store:
+        store = MemoryStore(
+            self.bus,
+            instance_id=instance_id,
+            max_members=max_members,
+            max_stored=max_stored,
+            max_stored_bytes=max_stored_bytes,
+        )
+        if inbox is not None:
+            store.subscribe(inbox)
+        return store
 
 
 class RedisHarness(Harness):
     kind = "redis"
 
     def __init__(self, server: RedisServer) -> None:
-        from cpc_signaling.backends.redis import _client
-
         self.server = server
         self.prefix = "t" + new_id()[:8]
-        self._client = _client
-        self.clients: list[Any] = []
-        self.tasks: list[asyncio.Task[None]] = []
-        self.brokers: list[Any] = []
+        self.conns: list[object] = []
 
     async def store(
-        self, instance_id: str = "i1", *, max_members: int = 1000, max_stored: int = 1000
-    ) -> PresenceStore:
-        from cpc_signaling.backends.redis import RedisPresenceStore
+        self,
+        instance_id: str = "i1",
+        *,
+        max_members: int = 1000,
+        max_stored: int = 1000,
+        max_stored_bytes: int = 1 << 30,
+        inbox: Inbox | None = None,
+    ) -> Store:
+        from cpc_signaling.backends.redis.options import NodeAddress
+        from cpc_signaling.backends.redis.resp import Connection
+        from cpc_signaling.backends.redis.store import Limits, RedisStore
+        from cpc_signaling.backends.redis.wire import Channels, decode_batch
 
-        client = self._client(self.server.url)
-        self.clients.append(client)
-        return RedisPresenceStore(
-            client,
-            prefix=self.prefix,
-            instance_id=instance_id,
-            max_members=max_members,
-            max_stored=max_stored,
+        channels = Channels(self.prefix, 0)
+
+        def on_message(channel: bytes, data: bytes) -> None:
+            if inbox is not None:
+                batch = decode_batch(data)
+                for block in batch.blocks:
+                    inbox(block.doc, block.first, batch.origin, block.events, block.decided)
+
+        conn = await Connection.open(
+            NodeAddress.parse(self.server.url), name="conformance", on_message=on_message
         )
-
-    async def broker(self, inbox: Inbox, instance_id: str = "i1") -> Broker:
-        from cpc_signaling.backends.redis import RedisBroker
-
-        client = self._client(self.server.url)
-        self.clients.append(client)
-        broker = RedisBroker(client, prefix=self.prefix, instance_id=instance_id, deliver=inbox)
-        await broker.open()
-        self.brokers.append(broker)
-        self.tasks.append(asyncio.create_task(broker.listen()))
-        return broker
+        self.conns.append(conn)
+        store = RedisStore(
+            conn,
+            prefix=self.prefix,
+            channels=channels,
+            instance_id=instance_id,
+            limits=Limits(
+                max_members=max_members, max_stored=max_stored, max_bytes=max_stored_bytes
+            ),
+        )
+        await store.load_scripts()
+        registered, _, _ = await store.register(secrets.token_hex(8), "", 60.0)
+        assert registered
+        if inbox is not None:
+            await conn.subscribe(channels.inbox(instance_id))
+        return store
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        for broker in self.brokers:
-            await broker.close()
-        for client in self.clients:
+        for conn in self.conns:
             with contextlib.suppress(Exception):
-                await client.aclose()
+                conn.close()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")

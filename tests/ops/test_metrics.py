@@ -55,4 +55,4 @@ async def test_dashboard_and_alerts_use_only_exposed_series() -> None:
         assert gauge in names
     assert "cpc_fanout_seconds_bucket" in names
     assert re.search(r"^cpc_backend_ready 1\.0$", text, re.MULTILINE)
-    assert re.search(r"^cpc_control_connected 1\.0$", text, re.MULTILINE)
+    assert re.search(r"^cpc_redis_nodes_up 1\.0$", text, re.MULTILINE)

@@ -20,16 +20,23 @@ async def spawn_instances(
     *extra: str,
     prefix: str | None = None,
     check_ready: bool = True,
+    first: int = 0,
+    url: str | None = None,
 ) -> list[ServerProcess]:
     """``count`` instances on one Redis (short heartbeat and timeout unless ``extra``
-    says otherwise), started concurrently; each is ready when this returns."""
+    says otherwise), started concurrently; each is ready when this returns. Their ids
+    are ``inst{first}``, ``inst{first + 1}``, ...; ``url`` overrides ``redis.url``."""
     prefix = prefix or "t" + new_id()[:8]
     args: Sequence[str] = (
-        "--redis-url", redis.url, "--redis-prefix", prefix, *FAST, "--log-level", "info", *extra,
+        "--redis-url", url or redis.url, "--redis-prefix", prefix, *FAST,
+        "--log-level", "info", *extra,
     )  # fmt: skip
     servers = list(
         await asyncio.gather(
-            *(spawn_server([*args, "--instance-id", f"inst{n}"]) for n in range(count))
+            *(
+                spawn_server([*args, "--instance-id", f"inst{n}"])
+                for n in range(first, first + count)
+            )
         )
     )
     if check_ready:
@@ -48,6 +55,13 @@ async def instances(
     redis: RedisServer, count: int, *extra: str
 ) -> AsyncIterator[list[ServerProcess]]:
     servers = await spawn_instances(redis, count, *extra)
+    async with running(servers):
+        yield servers
+
+
+@contextlib.asynccontextmanager
+async def running(servers: list[ServerProcess]) -> AsyncIterator[list[ServerProcess]]:
+    """Kill ``servers`` at the end; print their logs when the body failed."""
     try:
         yield servers
     except BaseException:
@@ -60,6 +74,14 @@ async def instances(
             server.kill()
         for server in servers:
             server.proc.wait(5)
+
+
+def followers(redis: RedisServer, prefix: str, doc: str) -> list[str]:
+    """Instances a document's events are published to (``P:doc:D`` field ``f``)."""
+    reply = redis.command("HGET", f"{prefix}:doc:{doc}", "f")
+    if reply.startswith(b"$-1") or reply.startswith(b"_"):
+        return []
+    return reply.split(b"\r\n")[1].decode().split()
 
 
 async def readyz(server: ServerProcess) -> int:

@@ -127,31 +127,63 @@ async def heal(redis: RedisServer, down_for: float) -> None:
 
 
 async def throughput(redis: RedisServer, count: int) -> None:
-    """Commit scripts per second on one Redis (one writer, pipelined like the backend)."""
-    from cpc_signaling.backends.redis import BATCH, RedisPresenceStore, _client
-    from cpc_signaling.core import Joined, Relayed
+    """Flushes of cursor moves on one Redis (one writer, pipelined like the backend):
+    events/s, and Redis CPU per event (INFO commandstats) by flush size."""
+    import secrets
+
+    from cpc_signaling.backends.redis.options import NodeAddress
+    from cpc_signaling.backends.redis.resp import Connection
+    from cpc_signaling.backends.redis.store import Limits, RedisStore
+    from cpc_signaling.backends.redis.wire import Channels
+    from cpc_signaling.core import Event, Joined, Relayed
     from cpc_signaling.protocol import Position, encode
 
-    client = _client(redis.url)
-    store = RedisPresenceStore(client, prefix="tput", instance_id="m0")
-    doc, user = new_id(), new_id()
-    await store.commit([(doc, Joined("m0/1", user))])
-    frame = encode(
-        CursorUpdate(
-            document_id=doc,
-            user_id=user,
-            position=Position(line=1, column=2),
-            timestamp="2026-01-01T00:00:00Z",
-        )
+    conn = await Connection.open(NodeAddress.parse(redis.url), name="measure")
+    store = RedisStore(
+        conn, prefix="tput", channels=Channels("tput", 0), instance_id="m0", limits=Limits()
     )
-    events = [(doc, Relayed("m0/1", user, "CursorUpdate", frame))] * count
-    t0 = time.perf_counter()
-    for start in range(0, count, BATCH * 8):
-        chunk = events[start : start + BATCH * 8]
-        await store.commit_pipelined([chunk[i : i + BATCH] for i in range(0, len(chunk), BATCH)])
-    elapsed = time.perf_counter() - t0
-    print(f"Redis commit throughput: {count / elapsed:,.0f} events/s ({count} cursor events)")
-    await client.aclose()
+    await store.load_scripts()
+    await store.register(secrets.token_hex(8), "", 60.0)
+    docs = [new_id() for _ in range(100)]
+    users = [new_id() for _ in range(100)]
+    await store.commit([(d, Joined(f"m0/{n}", users[n])) for n, d in enumerate(docs)])
+    frames = [
+        encode(
+            CursorUpdate(
+                document_id=d,
+                user_id=users[n],
+                position=Position(line=1, column=2),
+                timestamp="2026-01-01T00:00:00Z",
+            )
+        )
+        for n, d in enumerate(docs)
+    ]
+    for size in (1, 8, 64):
+        await conn.call("CONFIG", "RESETSTAT")
+        t0 = time.perf_counter()
+        for sent, start in enumerate(range(0, count, size), 1):
+            groups: dict[str, list[Event]] = {}
+            for i in range(start, min(start + size, count)):
+                n = i % len(docs)
+                groups.setdefault(docs[n], []).append(
+                    Relayed(f"m0/{n}", users[n], "CursorUpdate", frames[n])
+                )
+            conn.send_packed(store.pack_flush(start, groups), lambda reply: None)
+            if sent % 8 == 0:
+                await conn.call("PING")  # at most 8 flushes in flight
+        await conn.call("PING")
+        elapsed = time.perf_counter() - t0
+        info = (await conn.call("INFO", "commandstats")).decode()
+        usec = next(
+            float(line.split("usec=")[1].split(",")[0])
+            for line in info.splitlines()
+            if line.startswith("cmdstat_evalsha")
+        )
+        print(
+            f"flushes of {size:>2} cursor events: {count / elapsed:,.0f} events/s, "
+            f"Redis {usec / count:.2f} us per event"
+        )
+    conn.close()
 
 
 async def main() -> None:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 REDIS_SERVER = (
     os.environ.get("CPC_TEST_REDIS_SERVER")
@@ -28,7 +28,7 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server --port P --save '' --appendonly no``; restartable on the same port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: Sequence[str] = ()) -> None:
         if not os.path.exists(REDIS_SERVER):
             raise RuntimeError(
                 f"redis-server not found at {REDIS_SERVER}: the Redis tests need it "
@@ -37,6 +37,7 @@ class RedisServer:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.args = list(args)  # more redis-server options
         self._dir = tempfile.mkdtemp(prefix="cpc-redis-")
 
     def start(self, timeout: float = 10.0) -> None:
@@ -49,6 +50,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", self._dir,
                 "--loglevel", "warning",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -85,6 +87,13 @@ class RedisServer:
             time.sleep(0.05)
             return s.recv(1 << 20)
 
+    def info(self, field: str) -> int:
+        """A number from ``INFO`` (``total_net_output_bytes``, ``used_memory``, ...)."""
+        for line in self.command("INFO").decode().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split(":", 1)[1])
+        raise KeyError(field)
+
     def strings(self, *args: str) -> list[str]:
         """A command whose reply is an array of bulk strings (SMEMBERS, ZRANGE, ...)."""
         reply = self.command(*args)
@@ -98,8 +107,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
+def redis_server(*args: str) -> Iterator[RedisServer]:
+    """A private redis-server; ``args``: more of its options."""
+    server = RedisServer(args=args)
     server.start()
     try:
         yield server

@@ -8,13 +8,22 @@ from typing import Any
 import pytest
 
 from cpc_signaling.backends import BackendStartError
-from cpc_signaling.backends.redis import RedisBackend, RedisPresenceStore
+from cpc_signaling.backends.redis import RedisBackend, RedisOptions
+from cpc_signaling.backends.redis.node import Mode, Node, _Lost
 from cpc_signaling.client import Client
 from cpc_signaling.core import Hub
 from cpc_signaling.protocol import Comment, Error, ErrorCode, JoinDocument, LeaveDocument
 
 from ..helpers import TIMEOUT, new_id, receive_until, running_server
+from .cluster import followers
 from .server import RedisServer
+
+
+def _node(backend: object) -> Node:
+    """The (one) Redis node of a service's backend."""
+    assert isinstance(backend, RedisBackend)
+    (node,) = backend.nodes
+    return node
 
 
 def _skip_a_seq(redis: RedisServer, prefix: str, doc: str) -> None:
@@ -61,28 +70,32 @@ async def test_own_join_and_leave_skipped_by_a_reload_still_get_their_local_side
 
 
 async def test_attach_attach_detach_detach_leaves_no_subscription(redis: RedisServer) -> None:
-    from cpc_signaling.server.config import Config
-
-    config = Config(port=0, redis_url=redis.url, redis_prefix="a" + new_id()[:8])
-    backend = RedisBackend(redis.url, config=config, instance_id="att" + new_id()[:6])
-    await backend.start(lambda doc, event: None)
+    prefix = "a" + new_id()[:8]
+    options = RedisOptions.from_urls(redis.url, "att" + new_id()[:6], prefix=prefix)
+    backend = RedisBackend(options)
+    await backend.start(lambda doc, event, own, decided: None)
     try:
         assert backend.ready
         doc = new_id()
         assert await backend.attach(doc) is not None
         await backend.attach(doc)
+        assert followers(redis, prefix, doc) == [options.instance_id]
         await backend.detach(doc)
         await backend.detach(doc)
-        assert backend._broker is not None
-        assert backend._broker.refs == {}
-        assert backend._docs == {}
+        assert _node(backend).docs == {}
+        assert followers(redis, prefix, doc) == []
     finally:
         await backend.close()
 
 
-async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: RedisServer) -> None:
+@pytest.mark.parametrize("linger", [0.0, 30.0])
+async def test_join_racing_the_last_leave_reattaches_after_the_detach(
+    redis: RedisServer, linger: float
+) -> None:
     prefix = "d" + new_id()[:8]
-    async with running_server(redis_url=redis.url, redis_prefix=prefix) as running:
+    async with running_server(
+        redis_url=redis.url, redis_prefix=prefix, redis_linger=linger
+    ) as running:
         service = running.service
         backend = service.backend
         assert isinstance(backend, RedisBackend)
@@ -103,19 +116,29 @@ async def test_join_racing_the_last_leave_reattaches_after_the_detach(redis: Red
                 snapshot = await b.join(doc)  # while a's leave detaches the document
                 assert [m.content for m in snapshot if type(m) is Comment] == ["kept"]
                 await b.leave(doc)
+            node = _node(backend)
             async with asyncio.timeout(TIMEOUT):
-                while service.hub.local_members or service.following.detaching or backend._docs:  # noqa: ASYNC110
+                following = service.following
+                while (  # noqa: ASYNC110
+                    service.hub.local_members
+                    or following.detaching
+                    or any(d.lingering is None for d in node.docs.values())
+                ):
                     await asyncio.sleep(0.01)
-            assert backend._broker is not None
-            assert backend._broker.refs == {}
+            if linger:  # still followed, for a quick join again; the hub let go
+                assert len(node.docs) == 3
+                assert not service.hub.documents
+            else:
+                assert not node.docs
+                assert redis.strings("KEYS", f"{prefix}:follows:*") == []
 
 
 async def test_overload_refuses_with_connection_error_never_drops_silently(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cpc_signaling.backends import redis as redis_backend
+    from cpc_signaling.backends.redis import node as redis_node
 
-    monkeypatch.setattr(redis_backend, "MAX_PENDING", 2)
+    monkeypatch.setattr(redis_node, "MAX_PENDING", 2)
     doc = new_id()
     prefix = "o" + new_id()[:8]
     async with (
@@ -152,15 +175,15 @@ async def test_drain_while_restoring_still_delivers_leaves_and_retires(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hold, held, gate = False, asyncio.Event(), asyncio.Event()
-    sync = RedisPresenceStore.sync
+    sync = Node._sync_memberships
 
-    async def slow_sync(self: RedisPresenceStore, *args: Any) -> Any:
+    async def slow_sync(self: Node, *args: Any) -> Any:
         if hold:
             held.set()
             await gate.wait()
         return await sync(self, *args)
 
-    monkeypatch.setattr(RedisPresenceStore, "sync", slow_sync)
+    monkeypatch.setattr(Node, "_sync_memberships", slow_sync)
     prefix, doc = "s" + new_id()[:8], new_id()
     gone = "gone" + new_id()[:6]
     async with (
@@ -172,12 +195,11 @@ async def test_drain_while_restoring_still_delivers_leaves_and_retires(
         await a.join(doc)
         await b.join(doc)
         await receive_until(a, lambda m: type(m) is JoinDocument and m.user_id == b.user_id)
-        backend = goes.service.backend
-        assert isinstance(backend, RedisBackend)
+        node = _node(goes.service.backend)
         hold = True
-        backend._fail(RuntimeError("a test outage"))
+        node.trouble(_Lost("a test outage"))
         await asyncio.wait_for(held.wait(), TIMEOUT)
-        assert backend._mode == "restoring"
+        assert node.mode is Mode.RESTORING
         # SIGTERM now: the restore finishes meanwhile, and the leaves still go out.
         asyncio.get_running_loop().call_later(0.2, gate.set)
         await goes.service.drain()
@@ -191,71 +213,79 @@ async def test_drain_while_restoring_still_delivers_leaves_and_retires(
 async def test_events_redis_ran_before_a_failure_are_not_applied_twice(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The connection breaks after Redis ran a flush but before its reply was read:
+    the flush's events are applied here (locally), and the restore does not commit
+    its comment a second time."""
     doc = new_id()
     async with (
         running_server(redis_url=redis.url, redis_prefix="e" + new_id()[:8]) as running,
         Client(running.url, new_id()) as a,
         Client(running.url, new_id()) as b,
     ):
-        hub, backend = running.service.hub, running.service.backend
-        assert isinstance(backend, RedisBackend)
+        node = _node(running.service.backend)
         await a.join(doc)
         await b.join(doc)
-        commit = RedisPresenceStore.commit_pipelined
-        failed = False
+        answered = Node._answered_flush
+        lost = False
 
-        async def commit_then_fail(self: RedisPresenceStore, *args: Any) -> None:
-            nonlocal failed
-            if failed:
-                return await commit(self, *args)
-            failed = True
-            seq = hub.documents[doc].seq
-            await commit(self, *args)
-            await _applied(hub, doc, seq + 1)  # its envelope came back and was applied
-            raise ConnectionError("the reply was lost (socket timeout)")
+        def lose_the_reply(self: Node, flush: Any, reply: Any) -> None:
+            nonlocal lost
+            if lost or not any(
+                type(e).__name__ == "Relayed" for g in flush.groups.values() for e in g
+            ):
+                return answered(self, flush, reply)
+            lost = True  # Redis ran it; the reply is lost with the connection
+            assert self.conn is not None
+            self.conn.close()
 
-        monkeypatch.setattr(RedisPresenceStore, "commit_pipelined", commit_then_fail)
+        monkeypatch.setattr(Node, "_answered_flush", lose_the_reply)
         await a.comment(doc, 1, 1, "once")
         async with asyncio.timeout(TIMEOUT):
-            while not failed or not backend.ready:  # noqa: ASYNC110
+            while not lost or not node.ready:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         await a.comment(doc, 1, 1, "end")
         got = await receive_until(b, lambda m: type(m) is Comment and m.content == "end")
         assert [m.content for m in got if type(m) is Comment] == ["once", "end"]
+        async with Client(running.url, new_id()) as c:
+            assert [m.content for m in await c.join(doc) if type(m) is Comment] == ["once", "end"]
 
 
 async def test_an_instance_id_in_use_is_refused_and_a_crashed_ones_is_reclaimed(
     redis: RedisServer,
 ) -> None:
-    from cpc_signaling.server.config import Config
-
-    config = Config(
-        port=0,
-        redis_url=redis.url,
-        redis_prefix="i" + new_id()[:8],
+    same = "same" + new_id()[:6]
+    options = RedisOptions.from_urls(
+        redis.url,
+        same,
+        prefix="i" + new_id()[:8],
         instance_timeout=0.6,
         heartbeat_interval=0.2,
     )
-    same = "same" + new_id()[:6]
-    first = RedisBackend(redis.url, config=config, instance_id=same)
-    await first.start(lambda doc, event: None)
+
+    def ignore(*args: object) -> None:
+        return None
+
+    first = RedisBackend(options)
+    await first.start(ignore)
     try:
         assert first.ready
-        second = RedisBackend(redis.url, config=config, instance_id=same)
+        second = RedisBackend(options)
         with pytest.raises(BackendStartError, match="in use"):
-            await second.start(lambda doc, event: None)
-        assert second._supervisor is None  # never served
+            await second.start(ignore)
+        assert _node(second)._supervisor is None  # never served
     finally:
-        # A crash: no retire, the liveness key is left to expire.
-        assert first._supervisor is not None
-        first._supervisor.cancel()
-        await asyncio.gather(first._supervisor, return_exceptions=True)
-        await first._disconnect()
-    restarted = RedisBackend(redis.url, config=config, instance_id=same)
-    await restarted.start(lambda doc, event: None)
+        # A crash: no retire, the registration is left to expire.
+        node = _node(first)
+        assert node._supervisor is not None
+        node._supervisor.cancel()
+        await asyncio.gather(node._supervisor, return_exceptions=True)
+        node._disconnect()
+    restarted = RedisBackend(options)
+    await restarted.start(ignore)
     try:
         async with asyncio.timeout(TIMEOUT):
-            await restarted._up.wait()
+            while not restarted.ready:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
     finally:
         await restarted.close()
 
@@ -264,15 +294,15 @@ async def test_stored_messages_of_an_outage_reach_everyone_once_after_restore(
     redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hold, held, gate = False, asyncio.Event(), asyncio.Event()
-    connect = RedisBackend._connect
+    connect = Node._connect
 
-    async def slow_connect(self: RedisBackend) -> None:
+    async def slow_connect(self: Node) -> None:
         if hold and self.instance_id.startswith("out"):
             held.set()
             await gate.wait()
         await connect(self)
 
-    monkeypatch.setattr(RedisBackend, "_connect", slow_connect)
+    monkeypatch.setattr(Node, "_connect", slow_connect)
     prefix, doc = "m" + new_id()[:8], new_id()
     async with (
         running_server(
@@ -287,10 +317,8 @@ async def test_stored_messages_of_an_outage_reach_everyone_once_after_restore(
         await b.join(doc)
         await a.comment(doc, 1, 1, "before")
         await receive_until(b, lambda m: type(m) is Comment)
-        backend = out.service.backend
-        assert isinstance(backend, RedisBackend)
         hold = True
-        backend._fail(RuntimeError("a test outage"))
+        _node(out.service.backend).trouble(_Lost("a test outage"))
         await asyncio.wait_for(held.wait(), TIMEOUT)  # out is down, and stays down
         await b.comment(doc, 1, 1, "remote")  # out's members miss it for now
         await a.comment(doc, 1, 1, "local")  # sequenced on out only

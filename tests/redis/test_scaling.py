@@ -369,3 +369,34 @@ async def test_a_stalled_instance_declared_dead_comes_back(redis: RedisServer) -
         await a.cursor(doc, 7, 7)
         got = await receive_until(b, lambda m: type(m) is CursorUpdate)
         assert user_of(got[-1]) == a.user_id
+
+
+async def test_user_info_crosses_instances(redis: RedisServer) -> None:
+    """A user's info (open mode: from its JoinDocument) reaches members on another
+    instance, and the snapshots of later joiners wherever they are."""
+    doc = new_id()
+    info = {"color": "#f00", "name": "Ada"}
+    async with (
+        instances(redis, 3) as (s1, s2, s3),
+        Client(s1.url, new_id()) as a,
+        Client(s2.url, new_id()) as b,
+    ):
+        await b.join(doc)
+        await a.send(JoinDocument(document_id=doc, user_id=a.user_id, info=info))
+        snapshot = await receive_until(
+            a, lambda m: type(m) is JoinDocument and m.user_id == a.user_id
+        )
+        assert snapshot == [
+            JoinDocument(document_id=doc, user_id=b.user_id),
+            JoinDocument(document_id=doc, user_id=a.user_id, info=info),  # the ack
+        ]
+        got = await receive_until(b, lambda m: type(m) is JoinDocument)
+        assert got == [JoinDocument(document_id=doc, user_id=a.user_id, info=info)]
+        for server in (s2, s3):  # s3 follows the document only now: it loads it
+            async with Client(server.url, new_id()) as late:
+                snapshot = await late.join(doc)
+                announced = [m for m in snapshot if type(m) is JoinDocument][:-1]
+                assert announced == [
+                    JoinDocument(document_id=doc, user_id=b.user_id),
+                    JoinDocument(document_id=doc, user_id=a.user_id, info=info),
+                ]

@@ -5,34 +5,36 @@ from __future__ import annotations
 from .base import (
     Backend,
     BackendHooks,
+    BackendMetrics,
     BackendStartError,
-    Broker,
-    EnvelopeSink,
+    BlockSink,
     EventSink,
-    PresenceStore,
+    Store,
 )
-from .memory import MemoryBackend, MemoryBroker, MemoryBus, MemoryPresenceStore
+from .memory import MemoryBackend, MemoryBus, MemoryStore
 
 __all__ = [
     "Backend",
     "BackendHooks",
+    "BackendMetrics",
     "BackendStartError",
-    "Broker",
-    "EnvelopeSink",
+    "BlockSink",
     "EventSink",
     "MemoryBackend",
-    "MemoryBroker",
     "MemoryBus",
-    "MemoryPresenceStore",
-    "PresenceStore",
+    "MemoryStore",
+    "Store",
     "create_backend",
 ]
 
 
 def create_backend(url: str | None, **options: object) -> Backend:
-    """A backend from a URL: None or ``memory://`` for memory, ``redis://`` for Redis.
+    """A backend from a URL: None or ``memory://`` for memory; ``redis://`` (one or
+    more, comma-separated: the nodes documents are spread over) for Redis.
 
     Redis is imported only here, so the memory default needs no redis package.
+    ``options``: for Redis, ``options=`` a ``redis.RedisOptions`` (the service builds
+    it from its configuration) and optionally ``metrics=``.
     """
     if not url or url.startswith("memory:"):
         return MemoryBackend()
@@ -41,6 +43,6 @@ def create_backend(url: str | None, **options: object) -> Backend:
 
         # Lazy: the optional extra. (Imported by name so the memory default never loads it.)
         module = importlib.import_module(".redis", __name__)
-        backend: Backend = module.RedisBackend(url, **options)
+        backend: Backend = module.backend_from(url, **options)
         return backend
     raise ValueError(f"unsupported backend URL scheme: {url.split(':', 1)[0]}")

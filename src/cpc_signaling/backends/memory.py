@@ -7,15 +7,16 @@ received it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from ..core import DocumentState, Event, Left
-from ..core.state import DEFAULT_MAX_STORED_BYTES
-from .base import BackendHooks, EnvelopeSink, EventSink
+from ..core import DocumentState, Event, Left, Relayed
+from ..core.state import DEFAULT_MAX_STORED_BYTES, STORED_KINDS, Outcome
+from .base import BackendHooks, BlockSink, EventSink
 
 
 class MemoryBackend:
     name = "memory"
+    shared = False
 
     def __init__(self) -> None:
         self._sink: EventSink | None = None
@@ -40,57 +41,49 @@ class MemoryBackend:
         sink = self._sink
         if sink is None:
             raise RuntimeError("backend not started")
-        sink(document_id, event)
+        sink(document_id, event, True, None)
         return True
 
+    async def load(self, document_id: str) -> DocumentState | None:
+        return None  # the hub is the state
 
-# -- The Broker and PresenceStore roles in memory ---------------------------------
+    async def broadcast(self, order: Mapping[str, str]) -> int:
+        return 0  # no other instance
+
+    def stats(self) -> dict[str, tuple[str, float]]:
+        return {}
+
+
+# -- The Store role in memory -----------------------------------------------------
 #
-# The reference implementations the conformance suite (tests/backends/) holds the
-# Redis ones to: the canonical state is a DocumentState, so the Redis scripts are
-# checked against the very code every replica runs.
+# The reference the conformance suite (tests/backends/) holds the Redis store to:
+# the canonical state is a DocumentState, so the Redis scripts are checked against
+# the very code every replica runs.
+
+
+DECIDED: dict[Outcome, int] = {  # what a shared store tells followers (redis/wire.py)
+    Outcome.JOINED_AGAIN: 0,
+    Outcome.REJECTED_FULL: 1,
+    Outcome.JOINED_FIRST: 2,
+    Outcome.REJOINED: 3,
+    Outcome.LEFT_OTHERS_REMAIN: 0,
+    Outcome.LEFT_LAST: 1,
+    Outcome.IGNORED: -1,  # a leave of no member
+}
 
 
 class MemoryBus:
-    """The "Redis" of memory brokers: routes envelopes to subscribed brokers."""
+    """The "Redis" of memory stores: canonical states, followers, inboxes."""
 
     def __init__(self) -> None:
-        self.subscribers: dict[str, list[MemoryBroker]] = {}
-
-    def publish(self, document_id: str, seq: int, origin: str, event: Event) -> None:
-        for broker in list(self.subscribers.get(document_id, ())):
-            broker.deliver(document_id, seq, origin, event)
-
-
-class MemoryBroker:
-    """One instance's subscriptions on a :class:`MemoryBus`, reference-counted."""
-
-    def __init__(self, bus: MemoryBus, deliver: EnvelopeSink) -> None:
-        self.bus = bus
-        self.deliver = deliver
-        self.refs: dict[str, int] = {}
-
-    async def subscribe(self, document_id: str) -> None:
-        refs = self.refs.get(document_id, 0)
-        self.refs[document_id] = refs + 1
-        if refs == 0:
-            self.bus.subscribers.setdefault(document_id, []).append(self)
-
-    async def unsubscribe(self, document_id: str) -> None:
-        refs = self.refs.get(document_id, 0) - 1
-        if refs > 0:
-            self.refs[document_id] = refs
-            return
-        self.refs.pop(document_id, None)
-        subscribers = self.bus.subscribers.get(document_id, [])
-        if self in subscribers:
-            subscribers.remove(self)
-        if not subscribers:
-            self.bus.subscribers.pop(document_id, None)
+        self.documents: dict[str, DocumentState] = {}
+        self.appended: dict[str, int] = {}  # document -> stored messages ever appended
+        self.followers: dict[str, set[str]] = {}
+        self.inboxes: dict[str, BlockSink] = {}
 
 
-class MemoryPresenceStore:
-    """Canonical state as DocumentStates; commit applies, numbers and publishes."""
+class MemoryStore:
+    """One instance's view of a :class:`MemoryBus` (see ``base.Store``)."""
 
     def __init__(
         self,
@@ -106,25 +99,52 @@ class MemoryPresenceStore:
         self.max_members = max_members
         self.max_stored = max_stored
         self.max_stored_bytes = max_stored_bytes
-        self.documents: dict[str, DocumentState] = {}
+
+    def subscribe(self, deliver: BlockSink) -> None:
+        """Receive the events of followed documents that other instances commit."""
+        self.bus.inboxes[self.instance_id] = deliver
 
     def _state(self, document_id: str) -> DocumentState:
-        state = self.documents.get(document_id)
+        state = self.bus.documents.get(document_id)
         if state is None:
-            state = DocumentState(
-                document_id, max_stored=self.max_stored, max_stored_bytes=self.max_stored_bytes
-            )
-            self.documents[document_id] = state
+            state = DocumentState(document_id)
+            self.bus.documents[document_id] = state
         return state
 
-    async def commit(self, items: Sequence[tuple[str, Event]]) -> list[int]:
+    def _decide(self, document_id: str, state: DocumentState, event: Event) -> int:
+        """What Redis tells replicas (``wire``): join refused, oldest stored index.
+        Each event is decided with the limits of the instance committing it."""
+        state.max_stored = self.max_stored
+        state.max_stored_bytes = self.max_stored_bytes
+        outcome = state.apply(event, max_members=self.max_members)
+        if type(event) is not Relayed:
+            return DECIDED[outcome]
+        if event.kind in STORED_KINDS:
+            if outcome is not Outcome.RELAYED:
+                return -1
+            appended = self.bus.appended.get(document_id, 0) + 1
+            self.bus.appended[document_id] = appended
+            return appended - len(state.stored)
+        return 0
+
+    async def commit(self, items: Sequence[tuple[str, Event]], origin: str = "") -> list[int]:
         seqs = []
         for document_id, event in items:
             state = self._state(document_id)
-            state.apply(event, max_members=self.max_members)
+            decided = self._decide(document_id, state, event)
             seqs.append(state.seq)
-            self.bus.publish(document_id, state.seq, self.instance_id, event)
+            for follower in sorted(self.bus.followers.get(document_id, ())):
+                deliver = self.bus.inboxes.get(follower)
+                if deliver is not None and follower != self.instance_id:
+                    deliver(document_id, state.seq, origin or self.instance_id, [event], [decided])
         return seqs
+
+    async def follow(self, document_id: str) -> DocumentState:
+        self.bus.followers.setdefault(document_id, set()).add(self.instance_id)
+        return await self.load(document_id)
+
+    async def unfollow(self, document_id: str) -> None:
+        self.bus.followers.get(document_id, set()).discard(self.instance_id)
 
     async def load(self, document_id: str) -> DocumentState:
         source = self._state(document_id)
@@ -138,16 +158,27 @@ class MemoryPresenceStore:
             copy.restore_user(user.user_id, sorted(user.conns), info=user.info)
         for conn, seq, kind, frame in source.connection_presence():
             copy.restore_presence(conn, seq, kind, frame)
-        copy.load_stored(source.stored)
+        copy.load_stored(source.stored, as_recorded=True)
         return copy
 
     async def reap(self, instance_id: str) -> int:
         prefix = instance_id + "/"
-        leaves = [
+        leaves: list[tuple[str, Event]] = [
             (document_id, Left(conn, user))
-            for document_id, state in self.documents.items()
+            for document_id, state in self.bus.documents.items()
             for conn, user in state.conns.items()
             if conn.rsplit("/", 1)[0] + "/" == prefix
         ]
-        await self.commit(leaves)
+        for document_id, event in leaves:
+            # Every follower gets them, and the reaper (their origin) whether it follows
+            # the document or not.
+            state = self._state(document_id)
+            decided = self._decide(document_id, state, event)
+            followers = self.bus.followers.get(document_id, set()) | {self.instance_id}
+            for follower in sorted(followers):
+                deliver = self.bus.inboxes.get(follower)
+                if deliver is not None:
+                    deliver(document_id, state.seq, self.instance_id, [event], [decided])
+        for followers in self.bus.followers.values():
+            followers.discard(instance_id)
         return len(leaves)

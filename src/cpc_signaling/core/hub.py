@@ -356,16 +356,23 @@ class Hub(Generic[P]):
         )
         return Send((conn.peer,), (encode(error),), "Error")
 
-    def apply(self, doc_id: str, event: Event) -> list[Send[P]]:
-        """Apply a sequenced event; return what local peers must be sent."""
+    def apply(self, doc_id: str, event: Event, decided: int | None = None) -> list[Send[P]]:
+        """Apply a sequenced event; return what local peers must be sent.
+
+        ``decided``: the outcome a shared store decided (``DocumentState.apply``).
+        """
         state = self.document(doc_id)
         stored_before = state.stored_bytes
         if type(event) is Relayed and event.kind in STORED_KINDS and self.retain_idle:
             held_before = dict(state.held)
-            outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+            outcome = state.apply(
+                event, max_members=self.limits.max_members_per_document, decided=decided
+            )
             self._account(doc_id, held_before, state.held)
         else:
-            outcome = state.apply(event, max_members=self.limits.max_members_per_document)
+            outcome = state.apply(
+                event, max_members=self.limits.max_members_per_document, decided=decided
+            )
         self.stored_bytes += state.stored_bytes - stored_before
         conn = self.connections.get(event.conn)
         if conn is not None and doc_id not in conn.joined and type(event) is not Left:
@@ -430,7 +437,9 @@ class Hub(Generic[P]):
         doc_id = state.document_id
         if doc_id in self.local_members or doc_id in self.local_refs:
             return  # a local join is on its way: it needs this replica (stored messages)
-        if not self.retain_idle or state.is_empty():
+        if not self.retain_idle:
+            return  # a shared store's replica: kept until the backend lets go (``forget``)
+        if state.is_empty():
             self._drop(doc_id)
             return
         self._idle[doc_id] = None

@@ -226,6 +226,7 @@ class DocumentState:
         "conns",
         "document_id",
         "held",
+        "max_stored",
         "max_stored_bytes",
         "reinstated",
         "seq",
@@ -247,8 +248,10 @@ class DocumentState:
         # dict order is join order: oldest first, as snapshots need.
         self.users: dict[str, UserPresence] = {}
         self.conns: dict[str, str] = {}  # connection id -> user id
-        # Annotations and comments, oldest first; the oldest go when full.
-        self.stored: deque[bytes] = deque(maxlen=max_stored)
+        # Annotations and comments, oldest first; the oldest go when full (the
+        # bounds below, or what a shared store decided: see ``apply``).
+        self.stored: deque[bytes] = deque()
+        self.max_stored = max_stored
         self.max_stored_bytes = max_stored_bytes
         self.stored_bytes = 0  # of ``stored``: what the byte budgets count
         # author (the frame's user_id) -> bytes of ``stored`` they wrote: what a
@@ -258,26 +261,30 @@ class DocumentState:
         # presence frames the other members must be sent (``presence_changes``).
         self.reinstated: list[bytes] = []
 
-    def add_stored(self, frame: bytes) -> None:
-        """Append a stored frame, then drop the oldest while a bound is exceeded."""
+    def add_stored(self, frame: bytes, evict: int | None = None) -> None:
+        """Append a stored frame, then drop the oldest while a bound is exceeded; or,
+        when a shared store decided how many of the oldest go (``evict``), that many."""
         stored = self.stored
-        if not stored.maxlen:
-            return  # max_stored 0: nothing is kept
-        if len(stored) == stored.maxlen:
-            self._drop_oldest()
         stored.append(frame)
         self._count(frame, len(frame))
-        while self.stored_bytes > self.max_stored_bytes:
+        if evict is not None:
+            for _ in range(min(evict, len(stored))):
+                self._drop_oldest()
+            return
+        while stored and (
+            len(stored) > self.max_stored or self.stored_bytes > self.max_stored_bytes
+        ):
             self._drop_oldest()
 
-    def load_stored(self, frames: Iterable[bytes]) -> None:
+    def load_stored(self, frames: Iterable[bytes], *, as_recorded: bool = False) -> None:
         """Set the stored messages (oldest first) as a shared store recorded them;
-        the bounds apply as if they had been added one by one."""
+        the bounds apply as if they had been added one by one, unless ``as_recorded``
+        (the store applied them: a replica keeps what the store keeps)."""
         self.stored.clear()
         self.stored_bytes = 0
         self.held = {}
         for frame in frames:
-            self.add_stored(frame)
+            self.add_stored(frame, 0 if as_recorded else None)
 
     def drop_oldest_by(self, author: str) -> int:
         """Drop the oldest stored message of ``author``; returns the bytes freed (0: none).
@@ -337,20 +344,29 @@ class DocumentState:
             yield from user.presence.values()
         yield from self.stored
 
-    def apply(self, event: Event, *, max_members: int) -> Outcome:
-        """Apply one event; ``max_members`` must be the same on every instance."""
+    def apply(self, event: Event, *, max_members: int, decided: int | None = None) -> Outcome:
+        """Apply one event.
+
+        ``decided`` is what a shared store (Redis) decided when it sequenced the event,
+        so that every replica has the same outcome whatever its own configuration: for
+        a ``Joined``, 1 if the document was full (0 if not); for a stored Annotation or
+        Comment, how many of the oldest stored messages go once it is appended. None:
+        decide here, with ``max_members`` and the stored bounds (this process is the
+        truth: the memory backend, or Redis away).
+        """
         self.seq += 1
         if type(event) is Relayed:
-            return self._relay(event)
+            return self._relay(event, decided)
         if type(event) is Joined:
-            return self._join(event, max_members)
+            return self._join(event, max_members, decided)
         assert type(event) is Left
         return self._leave(event)
 
-    def _join(self, event: Joined, max_members: int) -> Outcome:
+    def _join(self, event: Joined, max_members: int, decided: int | None) -> Outcome:
         if event.conn in self.conns:
             return Outcome.REJOINED
-        if len(self.conns) >= max_members:
+        full = len(self.conns) >= max_members if decided is None else decided == 1
+        if full:
             return Outcome.REJECTED_FULL
         self.conns[event.conn] = event.user
         user = self.users.get(event.user)
@@ -376,7 +392,7 @@ class DocumentState:
         del self.users[user_id]
         return Outcome.LEFT_LAST
 
-    def _relay(self, event: Relayed) -> Outcome:
+    def _relay(self, event: Relayed, decided: int | None) -> Outcome:
         if not event.conn:
             # From the server itself (the HTTP/Python API): stored kinds only, no membership.
             if event.kind not in STORED_KINDS:
@@ -384,7 +400,7 @@ class DocumentState:
         elif self.conns.get(event.conn) != event.user:
             return Outcome.IGNORED
         if event.kind in STORED_KINDS:
-            self.add_stored(event.frame)
+            self.add_stored(event.frame, decided)
         else:
             self.users[event.user].set_presence(event.conn, self.seq, event.kind, event.frame)
         return Outcome.RELAYED

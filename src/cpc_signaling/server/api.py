@@ -222,7 +222,7 @@ async def _dispatch(
                 {
                     "user_id": ident,
                     "closed_here": closed,
-                    "all_instances": service.control is not None,
+                    "all_instances": service.following.shared,
                 },
             )
         except Unavailable as exc:

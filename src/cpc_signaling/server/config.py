@@ -26,7 +26,9 @@ class Config:
     port: int = _opt(8765, "port to listen on; 0 picks a free one")
     # backend
     redis_url: str | None = _opt(
-        None, "redis://HOST:PORT/DB makes instances one service (default: in-memory state)"
+        None,
+        "redis://HOST:PORT/DB makes instances one service (default: in-memory state); "
+        "several, comma-separated: documents are spread over them",
     )
     redis_prefix: str = _opt("cpc", "prefix of every Redis key and channel")
     instance_id: str | None = _opt(None, "this instance's id (default: random)")
@@ -38,6 +40,19 @@ class Config:
     )
     document_ttl: float = _opt(
         7 * 24 * 3600.0, "seconds an idle document's Redis keys live (annotations, comments)"
+    )
+    redis_flush_interval: float = _opt(
+        0.002,
+        "seconds between two flushes of presence to Redis under load (one script for all "
+        "documents); joins, leaves, annotations and comments never wait",
+    )
+    redis_linger: float = _opt(
+        30.0,
+        "seconds a document stays followed in Redis after its last local member left, so "
+        "that a join soon after costs no reload of its history (0: let go at once)",
+    )
+    redis_strict: bool = _opt(
+        False, "refuse to start when Redis may evict keys (maxmemory-policy not noeviction)"
     )
     # limits
     max_message_bytes: int = _opt(65536, "largest accepted frame; larger closes with 1009")

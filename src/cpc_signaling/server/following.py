@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ..backends import Backend, BackendHooks, EventSink, MemoryBackend
+from ..backends import Backend, BackendHooks, EventSink
 from ..core import DocumentState, Event, Hub
 
 log = logging.getLogger("cpc_signaling.server")
@@ -37,15 +37,10 @@ class Following:
         self._spawn = spawn
         # A shared backend (Redis) holds the state and must be attached to per document;
         # the memory backend's state is the hub itself: no attach, no detach, no task.
-        self.shared = self.shares(backend)
+        self.shared = backend.shared
         self._attached: dict[str, asyncio.Future[None]] = {}
         # Detaches under way: a new attach of the document waits for its detach first.
         self.detaching: dict[str, asyncio.Future[None]] = {}
-
-    @staticmethod
-    def shares(backend: Backend) -> bool:
-        """True when ``backend`` holds shared state (else the hub is the only state)."""
-        return not isinstance(backend, MemoryBackend)
 
     # -- the backend's life ------------------------------------------------------
 
@@ -64,8 +59,11 @@ class Following:
         await self.backend.close()
 
     def stats(self) -> dict[str, tuple[str, float]]:
-        stats = getattr(self.backend, "stats", None)
-        return stats() if stats is not None else {}
+        return self.backend.stats()
+
+    async def broadcast(self, order: Mapping[str, str]) -> int:
+        """Send ``order`` to every other instance (raises ConnectionError when it cannot)."""
+        return await self.backend.broadcast(order)
 
     # -- events --------------------------------------------------------------------
 
@@ -109,16 +107,12 @@ class Following:
     async def load(self, doc_id: str) -> DocumentState | None:
         """The shared state of a document this instance does not follow (None: the
         backend has no shared state, or cannot say now)."""
-        load = getattr(self.backend, "load", None)
-        if load is None:
-            return None
-        state: DocumentState | None = await load(doc_id)
-        return state
+        return await self.backend.load(doc_id)
 
     @property
     def loads(self) -> bool:
         """True when :meth:`load` reads a shared store (else the hub's replica is the truth)."""
-        return getattr(self.backend, "load", None) is not None
+        return self.shared
 
     def detach_released(self) -> None:
         """Detach documents no local connection holds any more (once their leaves applied)."""

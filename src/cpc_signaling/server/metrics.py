@@ -66,8 +66,9 @@ class Metrics:
         self.backend_ready = Gauge("cpc_backend_ready", "1 when the backend can serve", registry=r)
         self.backend_failures = Counter(
             "cpc_backend_failures",
-            "backend failures that forced a reconnect and resync, by reason "
-            "(connection, listener, listener_stalled)",
+            "backend failures that forced a resync, by reason (connection: Redis lost; "
+            "fenced: this instance was declared dead while alive; resync: Redis lost "
+            "data; listener: applying a message failed)",
             ["reason"],
             registry=r,
         )
@@ -76,6 +77,11 @@ class Metrics:
             "events the backend refused because it was overloaded (the sender was sent "
             "CONNECTION_ERROR), by kind",
             ["kind"],
+            registry=r,
+        )
+        self.backend_malformed = Counter(
+            "cpc_backend_malformed",
+            "messages from Redis nobody here can read (another deployment's, damaged): dropped",
             registry=r,
         )
         self.backend_reaped = Counter(
@@ -93,11 +99,6 @@ class Metrics:
             "cpc_api_published",
             "Annotations and Comments published by the server-side API, by type",
             ["type"],
-            registry=r,
-        )
-        self.control_connected = Gauge(
-            "cpc_control_connected",
-            "1 while the Redis control channel (cross-instance disconnect) is subscribed",
             registry=r,
         )
         self.fanout_seconds = Histogram(

@@ -8,8 +8,8 @@ front door (``frontdoor.py``), wraps the socket in a :class:`Peer`, and calls
 here and in its :class:`~.session.Session`, so every transport behaves the same.
 
 Jobs given away: hot-path metric counts (``tally.py``), every call into the
-backend (``following.py``), per-connection state (``session.py``), admission
-(``guard.py``), the cross-instance control channel (``control.py``).
+backend (``following.py``; orders to every instance, such as "disconnect user X",
+go through it too), per-connection state (``session.py``), admission (``guard.py``).
 
 The close policy: from the moment the server decides to close a connection
 (:meth:`Service.end`, whatever the reason), it is let go: frames still arriving
@@ -24,11 +24,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ..backends import Backend, BackendHooks, create_backend
+from ..backends import Backend, BackendHooks, MemoryBackend, create_backend
 from ..core import (
     Connection,
     DocumentState,
@@ -36,6 +36,7 @@ from ..core import (
     Hub,
     Joined,
     Limits,
+    Outcome,
     Relayed,
     Send,
 )
@@ -63,7 +64,6 @@ from .session import Session, Verdict
 from .tally import Tally
 
 if TYPE_CHECKING:
-    from .control import ControlChannel
     from .outbox import Outbox
 
 __all__ = ["Peer", "PresentUser", "Service", "Unavailable"]
@@ -108,7 +108,7 @@ class Service:
         self.config = config
         self.instance_id = config.instance_id or uuid.uuid4().hex[:12]
         if backend is None:
-            backend = create_backend(config.redis_url, config=config, instance_id=self.instance_id)
+            backend = backend_for(config, self.instance_id)
         limits = Limits(
             max_documents_per_connection=config.max_documents_per_connection,
             max_members_per_document=config.max_members_per_document,
@@ -119,7 +119,7 @@ class Service:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.hub: Hub[Peer] = Hub(
-            instance_id=self.instance_id, limits=limits, retain_idle=not Following.shares(backend)
+            instance_id=self.instance_id, limits=limits, retain_idle=not backend.shared
         )
         self.following = Following(backend, self.hub, self.spawn)
         self.decoder = Decoder(max_content_chars=config.max_content_chars)
@@ -135,8 +135,6 @@ class Service:
         self.draining = False
         self._fanout_sample = 0
         self.metrics.watch(self._live_metrics)
-        # Cross-instance "disconnect user X" (server/control.py); only with Redis.
-        self.control: ControlChannel | None = None
 
     @property
     def backend(self) -> Backend:
@@ -150,17 +148,12 @@ class Service:
             resync=self._on_resync,
             settle=self._on_settle,
             held=self.hub.memberships,
+            live=self.hub.connections.__contains__,
+            order=self._on_order,
             metrics=self.metrics,
         )
         await self.following.start(self._on_event, hooks)
         self.hooks.start()
-        if self.config.redis_url:
-            from .control import ControlChannel
-
-            self.control = ControlChannel(
-                self.config, self.instance_id, self.metrics, self.disconnect_local
-            )
-            await self.control.start()
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, the body of /readyz) for every transport."""
@@ -187,8 +180,6 @@ class Service:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
-        if self.control is not None:
-            await self.control.close()
         await self.following.close()
         await self.hooks.close()  # delivers the drain's leaves, within its grace period
 
@@ -513,9 +504,21 @@ class Service:
         """
         user_id = canonical_uuid(user_id)
         closed = self.disconnect_local(user_id, reason)
-        if self.control is not None:
-            await self.control.broadcast_disconnect(user_id, reason)
+        if self.following.shared:
+            order = {"op": "disconnect", "user_id": user_id, "reason": reason}
+            try:
+                await self.following.broadcast(order)
+            except ConnectionError as exc:
+                raise Unavailable(f"backend {self.following.name}: {exc}") from None
         return closed
+
+    def _on_order(self, order: Mapping[str, str]) -> None:
+        """An order another instance broadcast (at most once: an instance cut off from
+        the backend meanwhile does not see it)."""
+        if order.get("op") == "disconnect" and "user_id" in order:
+            self.disconnect_local(canonical_uuid(order["user_id"]), order.get("reason") or "")
+        else:
+            log.warning("order %r from instance %s ignored", order.get("op"), order.get("origin"))
 
     def disconnect_local(self, user_id: str, reason: str) -> int:
         self.hooks.forget_user(user_id)  # a reconnect is asked again (access revoked?)
@@ -580,19 +583,23 @@ class Service:
         if self.hub.released:
             self.following.detach_released()
 
-    def _on_settle(self, doc_id: str, event: Event) -> None:
+    def _on_settle(self, doc_id: str, event: Event, outcome: Outcome | None = None) -> None:
         """The local side of this instance's own join or leave that a reloaded state
-        already contains (the backend skipped its event): member, snapshot, acks."""
+        already contains (the backend skipped its event): member, snapshot, acks.
+        ``outcome``: what the event did in the shared store (None: not known)."""
         for send in self.hub.settle(doc_id, event):
             self._deliver(send)
         if self.hub.released:
             self.following.detach_released()
 
-    def _on_event(self, doc_id: str, event: Event, own: bool = True) -> None:
+    def _on_event(
+        self, doc_id: str, event: Event, own: bool = True, decided: int | None = None
+    ) -> None:
         """The backend's sink: a sequenced event to apply and fan out locally.
 
         ``own``: the event happened on this instance; only then is it sent to the
         application's event hook (once per service, not once per instance).
+        ``decided``: the outcome the shared store decided, for the replica to follow.
         """
         # The fan-out histogram samples one event in 8: timing each costs more than
         # a small fan-out itself, and the distribution is what it is for.
@@ -601,7 +608,7 @@ class Service:
         before = None
         if self._emitting and own:
             before = self.hooks.observe(self.hub.documents.get(doc_id), event)
-        for send in self.hub.apply(doc_id, event):
+        for send in self.hub.apply(doc_id, event, decided):
             self._deliver(send)
         if before is not None:
             self.hooks.applied(doc_id, self.hub.documents.get(doc_id), event, before)
@@ -663,3 +670,28 @@ def _outbox_gauges(conns: Iterable[Connection[Peer]]) -> dict[str, tuple[str, fl
             streams,
         ),
     }
+
+
+def backend_for(config: Config, instance_id: str) -> Backend:
+    """The backend ``config`` asks for: memory, or Redis (``--redis-url``, one node or
+    several) with its options taken from the configuration."""
+    if not config.redis_url:
+        return MemoryBackend()
+    from ..backends.redis import RedisOptions  # the optional extra, only when asked for
+
+    options = RedisOptions.from_urls(
+        config.redis_url,
+        instance_id,
+        prefix=config.redis_prefix,
+        heartbeat_interval=config.heartbeat_interval,
+        instance_timeout=config.instance_timeout,
+        document_ttl=config.document_ttl,
+        max_members_per_document=config.max_members_per_document,
+        max_stored_per_document=config.max_stored_per_document,
+        max_stored_bytes_per_document=config.max_stored_bytes_per_document,
+        flush_interval=config.redis_flush_interval,
+        linger=config.redis_linger,
+        strict=config.redis_strict,
+        drain_timeout=config.drain_timeout,
+    )
+    return create_backend(config.redis_url, options=options)
