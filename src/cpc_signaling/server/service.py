@@ -150,6 +150,7 @@ class Service:
             held=self.hub.memberships,
             live=self.hub.connections.__contains__,
             order=self._on_order,
+            unfollowed=self._on_unfollowed,
             metrics=self.metrics,
         )
         await self.following.start(self._on_event, hooks)
@@ -461,8 +462,6 @@ class Service:
         log.info("published %s", event.kind, extra={"document_id": doc_id, "user_id": event.user})
         if not self._submit(doc_id, event):
             raise Unavailable(f"backend {self.following.name} overloaded")
-        if self._emitting:
-            self.hooks.published(doc_id, event)
         return doc_id
 
     async def presence(self, document_id: str) -> list[PresentUser]:
@@ -587,10 +586,18 @@ class Service:
         """The local side of this instance's own join or leave that a reloaded state
         already contains (the backend skipped its event): member, snapshot, acks.
         ``outcome``: what the event did in the shared store (None: not known)."""
+        if self._emitting and outcome is not None:
+            self.hooks.decided(doc_id, event, outcome)  # an event nobody else sends
         for send in self.hub.settle(doc_id, event):
             self._deliver(send)
         if self.hub.released:
             self.following.detach_released()
+
+    def _on_unfollowed(self, doc_id: str, event: Event, outcome: Outcome) -> None:
+        """An event that happened here in a document this instance does not follow (an
+        API publish, a reap's leave): for the application's event hook only."""
+        if self._emitting:
+            self.hooks.decided(doc_id, event, outcome)
 
     def _on_event(
         self, doc_id: str, event: Event, own: bool = True, decided: int | None = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
 from ...core import DocumentState, Event, Joined, Left, Relayed
-from ...core.state import STORED_KINDS
+from ...core.state import STORED_KINDS, Outcome, join_frame
 from ...protocol import LeaveDocument, encode
 from ..config import Config
 from .authorize import AuthorizeJoin, JoinAuthorizer, WebhookJoinCheck
@@ -77,6 +78,9 @@ class Before:
 
     member: str | None
     present: bool
+
+
+_FROM_API: Final = Before(None, False)  # an annotation or comment of the server-side API
 
 
 class HookRuntime:
@@ -181,16 +185,19 @@ class HookRuntime:
     # The service reads the replica just before and just after it applies an event
     # (``observe``, then ``applied``): a join is an event when it made the user
     # present (their first connection), a leave when it made them absent (their
-    # last), an annotation or comment when it was accepted. An annotation or comment
-    # the server-side API publishes is emitted by ``published`` instead, when the
-    # backend takes it: the publishing instance may follow no member of the document,
-    # and then never applies it.
+    # last), an annotation or comment when it was accepted. An event that happened
+    # here but that this instance does not apply (a document it does not follow, a
+    # join or leave a reload already contained) comes with the outcome the shared
+    # store decided: ``decided``.
 
     def observe(self, state: DocumentState | None, event: Event) -> Before | None:
         """Before ``event`` is applied to ``state``: what ``applied`` needs, or None
         when the event cannot be one for the application (presence)."""
-        if type(event) is Relayed and (event.kind not in STORED_KINDS or not event.conn):
-            return None  # presence, or from the API (``published``)
+        if type(event) is Relayed:
+            if event.kind not in STORED_KINDS:
+                return None  # presence: not an event for the application
+            if not event.conn:
+                return _FROM_API
         member = state.conns.get(event.conn) if state is not None else None
         present = state is not None and event.user in state.users
         return Before(member, present)
@@ -214,13 +221,22 @@ class HookRuntime:
                 self.emit("leave", document_id, event.user, frame, "client")
         else:
             assert isinstance(event, Relayed)
-            if before.member == event.user:  # else not a member: ignored by the replica too
+            if before is _FROM_API:
+                self.emit(event.kind.lower(), document_id, event.user, event.frame, "api")
+            elif before.member == event.user:  # else not a member: ignored by the replica
                 self.emit(event.kind.lower(), document_id, event.user, event.frame, "client")
 
-    def published(self, document_id: str, event: Relayed) -> None:
-        """An annotation or comment the server-side API published on this instance (the
-        backend took it)."""
-        self.emit(event.kind.lower(), document_id, event.user, event.frame, "api")
+    def decided(self, document_id: str, event: Event, outcome: Outcome) -> None:
+        """An event this instance does not apply, with what it did in the shared store."""
+        if outcome is Outcome.JOINED_FIRST and type(event) is Joined:
+            frame = join_frame(document_id, event.user, event.info)
+            self.emit("join", document_id, event.user, frame, "client")
+        elif outcome is Outcome.LEFT_LAST:
+            frame = encode(LeaveDocument(document_id=document_id, user_id=event.user))
+            self.emit("leave", document_id, event.user, frame, "client")
+        elif outcome is Outcome.RELAYED and type(event) is Relayed and event.kind in STORED_KINDS:
+            source = "client" if event.conn else "api"
+            self.emit(event.kind.lower(), document_id, event.user, event.frame, source)
 
     async def close(self) -> None:
         """Deliver what is queued (for up to ``--event-webhook-timeout``), then stop."""
