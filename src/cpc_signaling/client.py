@@ -44,6 +44,7 @@ from typing import Any, Final, Self
 import aiohttp
 import msgspec
 
+from .errors import ClientError, JoinError
 from .protocol import (
     Annotation,
     Comment,
@@ -99,20 +100,6 @@ _SUPERSEDED_BY_PRESENCE: Final = frozenset(
 _OTHER_TYPE_NAMES: Final = tuple(
     t.__name__ for t in (*_PRESENCE_TYPES, LeaveDocument, Annotation, Comment)
 )
-
-
-class ClientError(Exception):
-    """The client cannot do what was asked (cannot connect, not connected, closed)."""
-
-
-class JoinError(ClientError):
-    """The server refused a join; ``code`` and ``message`` are its ``Error``'s."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(f"{error.code}: {error.message}")
-        self.error = error
-        self.code = error.code
-        self.message = error.message
 
 
 class Reconnected(msgspec.Struct, frozen=True):

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpc_signaling.client import Client, JoinError
+from cpc_signaling.errors import AuthError
 from cpc_signaling.protocol import CursorUpdate, ErrorCode, JoinDocument, LeaveDocument
-from cpc_signaling.server.auth import Authenticator, AuthError, OriginPolicy, bearer_token
+from cpc_signaling.server.auth import Authenticator, OriginPolicy, bearer_token
 
 from ..helpers import TIMEOUT, new_id, receive_until, running_server, spawn_server
 from .support import (

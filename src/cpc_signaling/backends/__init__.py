@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import BackendStartError
 from .base import (
     Backend,
     BackendHooks,
     BackendMetrics,
-    BackendStartError,
     BlockSink,
     EventSink,
     Store,

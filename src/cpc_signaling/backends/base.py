@@ -25,11 +25,6 @@ from typing import Protocol
 from ..core import DocumentState, Event
 from ..core.state import Outcome
 
-
-class BackendStartError(RuntimeError):
-    """The backend must not start (say, its instance id is in use); a clear message."""
-
-
 EventSink = Callable[[str, Event, bool, int | None], None]
 """Called with (document_id, event, own, decided) for each sequenced event, in order.
 

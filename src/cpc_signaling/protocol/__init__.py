@@ -1,6 +1,7 @@
 """The CPC signaling protocol: messages and codec. No I/O."""
 
-from .codec import DEFAULT_MAX_CONTENT_CHARS, Decoder, ProtocolError, encode
+from ..errors import ProtocolError
+from .codec import DEFAULT_MAX_CONTENT_CHARS, Decoder, encode
 from .ids import canonical_uuid, is_uuid
 from .info import MAX_INFO_BYTES, MAX_INFO_DEPTH, encode_info
 from .messages import (

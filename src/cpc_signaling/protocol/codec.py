@@ -16,6 +16,7 @@ from typing import Final
 
 import msgspec
 
+from ..errors import ProtocolError
 from .info import encode_info
 from .messages import (
     MESSAGE_TYPES,
@@ -39,19 +40,6 @@ _PATTERN_MEANINGS: Final = (
 )
 _TOO_DEEP: Final = "JSON nested too deeply"
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-
-
-class ProtocolError(Exception):
-    """A peer sent something that is not a valid message.
-
-    ``code`` is one of :class:`~cpc_signaling.protocol.messages.ErrorCode`;
-    ``message`` is safe to send back to the peer.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _parse_error(message: str) -> ProtocolError:

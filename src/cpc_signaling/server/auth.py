@@ -34,6 +34,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..errors import AuthError
 from ..protocol.ids import is_uuid
 from ..protocol.info import encode_info
 from .config import Config
@@ -43,14 +44,6 @@ _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES51
 MIN_SECRET_BYTES = 32
 # A token larger than this is not a token; it is refused before any parsing.
 MAX_TOKEN_CHARS = 4096
-
-
-class AuthError(Exception):
-    """The token is refused; ``message`` says why and is safe to send to the client."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""Exceptions the server-side API raises (its callers: the HTTP API, embedding apps)."""
+"""The exceptions the server-side API raises; defined, with the whole tree, in
+:mod:`cpc_signaling.errors`."""
 
 from __future__ import annotations
 
+from ..errors import Unavailable
 
-class Unavailable(Exception):
-    """The service cannot act now (draining, or its backend is not ready)."""
+__all__ = ["Unavailable"]

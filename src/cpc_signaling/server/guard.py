@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from ..errors import AuthError
 from ..protocol import ErrorCode
-from .auth import Authenticator, AuthError, Identity, OriginPolicy
+from .auth import Authenticator, Identity, OriginPolicy
 from .config import Config
 from .metrics import Metrics
 

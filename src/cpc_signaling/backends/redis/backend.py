@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from typing import Final
 
 from ...core import DocumentState, Event
-from ..base import BackendHooks, BackendMetrics, BackendStartError, EventSink
+from ...errors import BackendStartError, ConnectionLost, ReplyError
+from ..base import BackendHooks, BackendMetrics, EventSink
 from .node import Node
 from .options import RedisOptions
-from .resp import Connection, ConnectionLost, ReplyError
+from .resp import Connection
 from .store import RedisStore
 
 log = logging.getLogger("cpc_signaling.redis")

@@ -40,8 +40,9 @@ import msgspec
 
 from ...core import DocumentState, Event, Joined, Left, Relayed
 from ...core.state import STORED_KINDS
+from ...errors import ConnectionLost, ReplyError
 from .options import NodeAddress
-from .resp import Connection, ConnectionLost, ReplyError
+from .resp import Connection
 from .store import Limits, Loaded, RedisStore
 from .stream import Ordering, Phase, Signal, outcome_of, reaped
 from .wire import Batch, Channels, decode_acks, decode_batch

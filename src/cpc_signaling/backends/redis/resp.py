@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import hiredis
 
+from ...errors import ConnectionLost, ReplyError
 from .options import NodeAddress
 
 MessageCallback = Callable[[bytes, bytes], None]
@@ -31,14 +32,6 @@ MessageCallback = Callable[[bytes, bytes], None]
 
 ReplyCallback = Callable[[Any], None]
 """Called in stream order with a reply, or with the exception that replaces it."""
-
-
-class ConnectionLost(ConnectionError):
-    """The connection to Redis is gone (or never came up)."""
-
-
-class ReplyError(Exception):
-    """Redis answered a command with an error."""
 
 
 def _resolve(future: asyncio.Future[Any]) -> ReplyCallback:

@@ -17,7 +17,8 @@ import hiredis
 import msgspec
 
 from ...core import DocumentState, Event, Joined, Relayed
-from .resp import Connection, ConnectionLost, ReplyError
+from ...errors import ConnectionLost, ReplyError
+from .resp import Connection
 from .scripts import SCRIPTS
 from .wire import AckBlock, Channels, decode_acks
 

@@ -14,7 +14,8 @@ signed with ``--webhook-secret``. Modules:
 * ``runtime``: :class:`Hooks` and what the service runs (:class:`HookRuntime`).
 """
 
-from .authorize import JoinAuthorizer, JoinDenied, JoinRequest
+from ...errors import JoinDenied
+from .authorize import JoinAuthorizer, JoinRequest
 from .events import EVENT_TYPES, EventQueue, HookEvent
 from .runtime import HookRuntime, Hooks, hooks_problem
 from .signing import SIGNATURE_HEADER, sign, verify_signature

@@ -32,8 +32,9 @@ from typing import Any
 import msgspec
 
 from ...core.ratelimit import Notices
+from ...errors import CheckFailed, JoinDenied, WebhookError
 from .metrics import HookMetrics
-from .webhook import WebhookClient, WebhookError
+from .webhook import WebhookClient
 
 log = logging.getLogger("cpc_signaling.hooks")
 
@@ -52,23 +53,6 @@ class JoinRequest:
     user_id: str
     document_id: str
     claims: Mapping[str, Any] | None
-
-
-class JoinDenied(Exception):
-    """Raised by an authorization callable to deny a join, with the reason the client sees."""
-
-    def __init__(self, reason: str = DEFAULT_REASON) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class CheckFailed(Exception):
-    """The check gave no usable answer; ``reason`` labels it in metrics."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 AuthorizeJoin = Callable[[JoinRequest], Awaitable[bool]]

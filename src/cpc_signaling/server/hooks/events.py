@@ -31,9 +31,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 
 from ...core.ratelimit import Notices
+from ...errors import DeliveryFailed, WebhookError
 from ...protocol import Decoder, Message
 from .metrics import HookMetrics
-from .webhook import WebhookClient, WebhookError
+from .webhook import WebhookClient
 
 log = logging.getLogger("cpc_signaling.hooks")
 
@@ -87,15 +88,6 @@ def make_event(type: str, document_id: str, user_id: str, frame: bytes, source: 
         source=source,
         message=msgspec.Raw(frame),
     )
-
-
-class DeliveryFailed(Exception):
-    """A delivery was not accepted; ``reason`` labels it in metrics."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def encode_batch(events: Sequence[HookEvent], instance_id: str) -> bytes:

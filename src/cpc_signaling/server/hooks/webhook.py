@@ -15,19 +15,11 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ... import __version__
+from ...errors import WebhookError
 from .signing import SIGNATURE_HEADER, sign
 
 MAX_RESPONSE_BYTES = 4096
 USER_AGENT = f"cpc-signaling/{__version__} (webhook)"
-
-
-class WebhookError(Exception):
-    """The request got no HTTP answer: ``reason`` is ``timeout`` or ``connection``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
