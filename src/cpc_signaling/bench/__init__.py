@@ -4,6 +4,21 @@
 :mod:`.worker` is one generator process: raw WebSocket connections that send and count.
 """
 
-from .runner import add_arguments, main
+from __future__ import annotations
+
+import argparse
+
+from . import runner
+from .runner import add_arguments
+from .targeting import run_targeting
+from .worker import _raise_file_limit
 
 __all__ = ["add_arguments", "main"]
+
+
+def main(args: argparse.Namespace) -> int:
+    """A load run (:mod:`.runner`), or ``--targeting`` (:mod:`.targeting`)."""
+    if args.targeting:
+        _raise_file_limit()
+        return run_targeting(args, runner.Printer(args.json))
+    return runner.main(args)

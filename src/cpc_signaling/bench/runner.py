@@ -8,7 +8,7 @@ generator's own CPU use (a saturated generator is flagged, never mistaken for a
 slow server), and with ``--spawn`` the server's CPU and RSS too. ``--find-max``
 raises the rate until p99 passes a bound or anything is lost. ``--spawn-redis``
 adds a private Redis the spawned instances share (counted with them), and
-``--targeting`` (:mod:`.targeting`) measures Redis's output per event.
+``--targeting`` (:mod:`.targeting`, dispatched by the package) measures Redis's output per event.
 
 The generator runs in ``--procs`` worker processes (see :mod:`.worker`);
 this module only plans, coordinates and reports. Nothing here is imported by
@@ -717,10 +717,6 @@ def main(args: argparse.Namespace) -> int:
     _raise_file_limit()
     _cpus()  # before this process moves to the generator's CPUs
     printer = Printer(args.json)
-    if args.targeting:
-        from .targeting import run_targeting
-
-        return run_targeting(args, printer)
     if args.quick:
         args.spawn = True
     if args.spawn_redis and not args.spawn:
