@@ -330,6 +330,19 @@ class WsPeer(Link):
             self.ping_sent = now
             self._transport.write(_PING)
 
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping. A pong counts against the slow-reader bound like any frame:
+        written while the transport takes it, else it waits in the outbox, counted;
+        a peer that pings without reading is closed 1013 once its pongs pass the
+        bound (without this, each ping of a flood left 127 bytes in the transport's
+        buffer, without limit)."""
+        wire = _frame(0xA, payload)
+        if self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            if self.queue_control(wire, "pongs to its pings"):
+                self._kick()
+            return
+        self._transport.write(wire)  # a control frame may go between any two frames
+
     # -- reading ----------------------------------------------------------------------
 
     async def serve(self, session: Session | None) -> None:
@@ -358,7 +371,7 @@ class WsPeer(Link):
                 self.ping_sent = 0.0
             elif kind is WSMsgType.PING:
                 if self.closing is None and not self.gone:
-                    self._transport.write(_frame(0xA, msg.data))
+                    self.pong(msg.data)
             elif kind is WSMsgType.CLOSE:
                 self.peer_closed(msg.data)
                 return

@@ -190,12 +190,26 @@ class Link:
             return False
         return True
 
-    def overflow(self) -> None:
+    def queue_control(self, wire: bytes, what: str) -> bool:
+        """Queue a control frame the peer is owed (a pong), counted against the bound
+        like any frame that may not be dropped; False when this put the reader over
+        its bound (it is being closed 1013, ``what`` says what piled up)."""
+        outbox = self.outbox
+        if outbox is None:
+            outbox = self.outbox = Outbox(self.service.config.outbox_max_bytes, self.wrap)
+        outbox.push(wire)
+        if outbox.overflowed:
+            self.overflow(what)
+            return False
+        return True
+
+    def overflow(self, what: str = "") -> None:
         """Past ``--outbox-max-bytes`` of frames that may not be dropped: 1013."""
         log.info(
-            "%s: slow reader over its %d-byte bound",
+            "%s: slow reader over its %d-byte bound%s",
             self.name(),
             self.service.config.outbox_max_bytes,
+            f" ({what})" if what else "",
             extra=self.context(),
         )
         self.end(1013, "reader too slow", "slow_reader")
