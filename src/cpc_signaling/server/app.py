@@ -32,7 +32,9 @@ protocol factory :func:`listen` serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -98,6 +100,25 @@ def wire_bytes(send: Send[Peer]) -> bytes:
 
 def _streamed(frames: Sequence[bytes]) -> bool:
     return sum(map(len, frames)) > STREAM_THRESHOLD
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Make the coming close of ``transport``'s socket a reset: ``SO_LINGER`` (on, 0).
+
+    Aborting only drops what the transport holds in user space; the kernel would
+    keep the socket as an orphan in FIN-WAIT-1, holding its unsent data (megabytes
+    for a stalled reader: its send buffer) until the peer reads it or TCP gives up,
+    minutes later. With a zero linger the close sends RST and frees it all at once.
+    Used only on a connection the server gives up on: nothing it still holds is
+    owed any more.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 class Coalescer:
@@ -295,11 +316,13 @@ class WsPeer(Link):
         self._transport.close()  # after the buffer drains; the deadline aborts otherwise
 
     def abort(self) -> None:
-        """Drop the connection at once (its handler then ends and runs ``on_close``)."""
+        """Drop the connection at once (its handler then ends and runs ``on_close``):
+        reset, so the kernel frees what it still held for the peer."""
         self._pending = None
         self.gone = True
         if self._drainer is not None:
             self._drainer.cancel()
+        reset(self._transport)
         self._transport.abort()
 
     def finished(self) -> None:
