@@ -16,15 +16,33 @@ leave is announced once, it is logged once, and counted once.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
+import socket
+import ssl
+import struct
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
+import pytest
 
 from cpc_signaling.protocol import JoinDocument, LeaveDocument
 
-from ..helpers import TIMEOUT, UNIT, new_id, receive_until, running_server, spawn_server
-from ..security.support import RawWebSocket, frame
+from ..helpers import (
+    TIMEOUT,
+    UNIT,
+    _spawn,
+    new_id,
+    receive_until,
+    running_server,
+    spawn_server,
+)
+from ..security.support import TS, RawWebSocket, frame, read_json
 from ..security.test_snapshot_bound import fill_over_http
+from ..security.test_tls import self_signed
 from .test_closing import fill, until
 
 API_KEY = "k" * 40
@@ -52,9 +70,12 @@ def tcp_entries(local_port: int, remote_port: int) -> list[tuple[str, int]]:
     return found
 
 
-async def metric(http: str, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"{http}/metrics") as response:
-        text = await response.text()
+async def metric(http: str, name: str, session: aiohttp.ClientSession | None = None) -> float:
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+        async with session.get(f"{http}/metrics") as response:
+            text = await response.text()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
@@ -130,3 +151,140 @@ async def test_in_process_an_aborted_socket_is_reset() -> None:
                     ) from None
             finally:
                 raw.close()
+
+
+# -- ending is idempotent -------------------------------------------------------------
+
+
+def tls_files(directory: Path) -> tuple[str, str]:
+    cert, key = self_signed(directory)
+    return str(cert), str(key)
+
+
+async def tls_stalled_join(port: int, doc: str, user: str) -> asyncio.StreamWriter:
+    """A TLS WebSocket client with a 4 KiB receive buffer that joins ``doc`` and never
+    reads again (its writer, to abort it at the end)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=context, server_hostname="127.0.0.1"
+    )
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    payload = frame("JoinDocument", document_id=doc, user_id=user).encode()
+    mask = os.urandom(4)
+    writer.write(
+        struct.pack("!BB", 0x81, 0x80 | len(payload))
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+    return writer
+
+
+# `cpc-signaling serve` on asyncio's own loop, as where uvloop is not installed.
+WITHOUT_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; sys.argv[0] = 'cpc-signaling'; "
+    "from cpc_signaling.cli import main; sys.exit(main())"
+)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: str) -> None:
+    """TLS (the server's own ``--tls-cert``), a real process. A member that never reads
+    is disconnected by the API (1008), disconnected again while its close lingers, and
+    aborted 2 s after the first decision. Its end happens once: one leave announced, one
+    close and one abort logged and counted, and its handler ends cleanly (before:
+    finishing the aborted TLS socket raised, an ERROR traceback, and what follows the
+    socket's end was skipped)."""
+    cert, key = tls_files(tmp_path)
+    server = await _spawn(
+        [
+            sys.executable,
+            *(("-c", WITHOUT_UVLOOP) if loop == "asyncio" else ("-m", "cpc_signaling")),
+            *("serve", "--port", "0", "--log-level", "debug", "--tls-cert", cert, "--tls-key", key),
+        ],
+        {"CPC_API_KEY": API_KEY},
+        15.0,
+        r"wss://[^\s]+",
+    )
+    url = server.url
+    http = url.replace("wss://", "https://").removesuffix("/ws")
+    port = int(http.rsplit(":", 1)[1])
+    stalled_writer: asyncio.StreamWriter | None = None
+    doc, watcher_user, stalled = new_id(), new_id(), new_id()
+    try:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(ssl=False)
+        ) as api:
+            for i in range(300):  # a 2.7 MB document: its snapshot fills every buffer
+                body = frame(
+                    "Annotation",
+                    document_id=doc,
+                    user_id=new_id(),
+                    position={"line": i, "column": 0},
+                    content="a" * 9000,
+                    timestamp=TS,
+                )
+                async with api.post(f"{http}/api/documents/{doc}/messages", data=body) as r:
+                    assert r.status == 202
+
+            async def disconnect() -> int:
+                async with api.post(f"{http}/api/users/{stalled}/disconnect") as response:
+                    assert response.status == 200
+                    closed: int = (await response.json())["closed_here"]
+                    return closed
+
+            async with api.ws_connect(url) as watcher:
+                await watcher.send_str(frame("JoinDocument", document_id=doc, user_id=watcher_user))
+                ack = {"JoinDocument": {"document_id": doc, "user_id": watcher_user}}
+                while await read_json(watcher) != ack:
+                    pass
+                stalled_writer = await tls_stalled_join(port, doc, stalled)
+                joined = {"JoinDocument": {"document_id": doc, "user_id": stalled}}
+                while await read_json(watcher) != joined:
+                    pass
+                assert await disconnect() == 1
+                leave = {"LeaveDocument": {"document_id": doc, "user_id": stalled}}
+                got = [await read_json(watcher)]
+                while got[-1] != leave:
+                    got.append(await read_json(watcher))
+                assert await disconnect() == 0  # during its close: nothing more to end
+                # Given up on 2 s after the decision; then its handler ends.
+                async with asyncio.timeout(CLOSE_TIMEOUT + TIMEOUT):
+                    while not any(  # noqa: ASYNC110
+                        stalled in line and line.rstrip().endswith(" gone") for line in server.lines
+                    ):
+                        await asyncio.sleep(0.05)
+                # Whatever the server sent the watcher about it came before this echo.
+                await watcher.send_str(
+                    frame("LeaveDocument", document_id=doc, user_id=watcher_user)
+                )
+                own = {"LeaveDocument": {"document_id": doc, "user_id": watcher_user}}
+                while got[-1] != own:
+                    got.append(await read_json(watcher))
+                assert got.count(leave) == 1, got
+                assert await metric(http, "cpc_close_timeouts_total", api) == 1
+                assert await metric(http, "cpc_closes_total", api) == 1
+                assert await metric(http, "cpc_connections ", api) == 1  # the watcher
+    finally:
+        if stalled_writer is not None:
+            stalled_writer.transport.abort()
+        server.stop()
+    bad = [line for line in server.lines if "ERROR" in line or "Traceback" in line]
+    assert not bad, "".join(server.lines[-40:])
+    mine = [line for line in server.lines if stalled in line]
+    assert sum("socket aborted" in line for line in mine) == 1, mine
+    assert sum(line.rstrip().endswith(" gone") for line in mine) == 1, mine

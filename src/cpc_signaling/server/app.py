@@ -315,7 +315,7 @@ class WsPeer(Link):
             self._write_close()
         self._transport.close()  # after the buffer drains; the deadline aborts otherwise
 
-    def abort(self) -> None:
+    def drop(self) -> None:
         """Drop the connection at once (its handler then ends and runs ``on_close``):
         reset, so the kernel frees what it still held for the peer."""
         self._pending = None
@@ -326,14 +326,23 @@ class WsPeer(Link):
         self._transport.abort()
 
     def finished(self) -> None:
-        """The handler is done: close the socket; abort it if its buffer does not drain."""
+        """The handler is done: close the socket; abort it if its buffer does not drain.
+        Never raises: an aborted TLS transport (asyncio's) fails even to report its
+        buffer, and what follows the handler's end must still run."""
         self.gone = True
         if self._drainer is not None:
             self._drainer.cancel()
+        if self.aborted or self._finished:
+            super().finished()
+            return
         transport = self._transport
-        if not transport.is_closing():
-            transport.close()
-        if transport.get_write_buffer_size():
+        try:
+            if not transport.is_closing():
+                transport.close()
+            buffered = transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError, OSError):
+            buffered = 0  # the transport is already torn down
+        if buffered:
             self.arm_deadline()  # a close waits for the buffer: not forever
         else:
             super().finished()
@@ -623,9 +632,9 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         gate.upgraded -= 1
         if keepalive is not None:
             keepalive.discard(peer)
-        peer.finished()
         if session is not None:
-            service.on_close(session)
+            service.on_close(session)  # first: its leaves never wait on the socket's end
+        peer.finished()
     return ws
 
 
