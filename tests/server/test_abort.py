@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import socket
 import ssl
@@ -31,6 +32,7 @@ import pytest
 
 from cpc_signaling.protocol import JoinDocument, LeaveDocument
 
+from ..conftest import ServerFactory
 from ..helpers import (
     TIMEOUT,
     UNIT,
@@ -288,3 +290,57 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
     mine = [line for line in server.lines if stalled in line]
     assert sum("socket aborted" in line for line in mine) == 1, mine
     assert sum(line.rstrip().endswith(" gone") for line in mine) == 1, mine
+
+
+def closes_total(service: object) -> float:
+    metric_ = service.metrics.closes  # type: ignore[attr-defined]
+    return sum(
+        sample.value
+        for family in metric_.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+async def test_a_second_end_during_a_close_is_nothing(
+    server_factory: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both transports: a stalled member is disconnected, disconnected again while its
+    close lingers, then given up on: one leave, one close and one abort counted, no
+    error (under ASGI a second cancel of the ASGI call would escape it)."""
+    caplog.set_level(logging.INFO)
+    async with server_factory() as srv:
+        service = srv.service
+        doc, stalled = new_id(), new_id()
+        fill(service, doc, 3 << 20)
+        async with srv.client() as watcher:
+            await watcher.join(doc)
+            raw = await RawWebSocket.connect(srv.url)
+            try:
+                await raw.send_text(frame("JoinDocument", document_id=doc, user_id=stalled))
+                await receive_until(
+                    watcher, lambda m: m == JoinDocument(document_id=doc, user_id=stalled)
+                )
+                assert await service.disconnect(stalled) == 1
+                got = await receive_until(
+                    watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=stalled)
+                )
+                assert await service.disconnect(stalled) == 0
+                aborted = service.metrics.close_timeouts
+                await until(lambda: aborted._value.get() == 1, CLOSE_TIMEOUT + TIMEOUT)
+                async with srv.client() as marker:  # announced after anything sent before
+                    await marker.join(doc)
+                    got += await receive_until(
+                        watcher,
+                        lambda m: m == JoinDocument(document_id=doc, user_id=marker.user_id),
+                    )
+            finally:
+                raw.close()
+            assert got.count(LeaveDocument(document_id=doc, user_id=stalled)) == 1
+            assert closes_total(service) == 1
+            assert aborted._value.get() == 1
+            assert [s.user_id for s in service.sessions.values()] == [watcher.user_id]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    mine = [r.getMessage() for r in caplog.records if stalled in r.getMessage()]
+    assert sum("socket aborted" in m for m in mine) == 1, mine
