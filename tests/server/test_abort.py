@@ -295,7 +295,7 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
 def closes_total(service: object) -> float:
     metric_ = service.metrics.closes  # type: ignore[attr-defined]
     return sum(
-        sample.value
+        float(sample.value)
         for family in metric_.collect()
         for sample in family.samples
         if sample.name.endswith("_total")
