@@ -31,6 +31,7 @@ import aiohttp
 import pytest
 
 from cpc_signaling.protocol import JoinDocument, LeaveDocument
+from cpc_signaling.server.frontdoor import CLOSE_TIMEOUT
 
 from ..conftest import ServerFactory
 from ..helpers import (
@@ -48,7 +49,6 @@ from ..security.test_tls import self_signed
 from .test_closing import fill, until
 
 API_KEY = "k" * 40
-CLOSE_TIMEOUT = 2.0
 
 
 def tcp_entries(local_port: int, remote_port: int) -> list[tuple[str, int]]:

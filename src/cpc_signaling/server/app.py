@@ -18,7 +18,8 @@ peer's close frame, and whose transport close waits for a buffer that a
 stalled reader never drains) is not used. The close frame is written after
 what is queued; the handler keeps reading, discarding frames, until the peer's
 close frame arrives, and the transport is aborted if that has not happened
-within ``CLOSE_TIMEOUT``.
+within ``CLOSE_TIMEOUT``: reset (``SO_LINGER`` 0, :func:`reset`), so the kernel
+frees the socket and its unsent data at once instead of keeping an orphan.
 
 Slow HTTP. aiohttp closes a connection that has not sent a complete request
 within its ``keepalive_timeout`` (counted from the connection's start, and
