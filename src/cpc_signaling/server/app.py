@@ -18,7 +18,8 @@ peer's close frame, and whose transport close waits for a buffer that a
 stalled reader never drains) is not used. The close frame is written after
 what is queued; the handler keeps reading, discarding frames, until the peer's
 close frame arrives, and the transport is aborted if that has not happened
-within ``CLOSE_TIMEOUT``.
+within ``CLOSE_TIMEOUT``: reset (``SO_LINGER`` 0, :func:`reset`), so the kernel
+frees the socket and its unsent data at once instead of keeping an orphan.
 
 Slow HTTP. aiohttp closes a connection that has not sent a complete request
 within its ``keepalive_timeout`` (counted from the connection's start, and
@@ -32,7 +33,9 @@ protocol factory :func:`listen` serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -98,6 +101,25 @@ def wire_bytes(send: Send[Peer]) -> bytes:
 
 def _streamed(frames: Sequence[bytes]) -> bool:
     return sum(map(len, frames)) > STREAM_THRESHOLD
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Make the coming close of ``transport``'s socket a reset: ``SO_LINGER`` (on, 0).
+
+    Aborting only drops what the transport holds in user space; the kernel would
+    keep the socket as an orphan in FIN-WAIT-1, holding its unsent data (megabytes
+    for a stalled reader: its send buffer) until the peer reads it or TCP gives up,
+    minutes later. With a zero linger the close sends RST and frees it all at once.
+    Used only on a connection the server gives up on: nothing it still holds is
+    owed any more.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 class Coalescer:
@@ -294,23 +316,34 @@ class WsPeer(Link):
             self._write_close()
         self._transport.close()  # after the buffer drains; the deadline aborts otherwise
 
-    def abort(self) -> None:
-        """Drop the connection at once (its handler then ends and runs ``on_close``)."""
+    def drop(self) -> None:
+        """Drop the connection at once (its handler then ends and runs ``on_close``):
+        reset, so the kernel frees what it still held for the peer."""
         self._pending = None
         self.gone = True
         if self._drainer is not None:
             self._drainer.cancel()
+        reset(self._transport)
         self._transport.abort()
 
     def finished(self) -> None:
-        """The handler is done: close the socket; abort it if its buffer does not drain."""
+        """The handler is done: close the socket; abort it if its buffer does not drain.
+        Never raises: an aborted TLS transport (asyncio's) fails even to report its
+        buffer, and what follows the handler's end must still run."""
         self.gone = True
         if self._drainer is not None:
             self._drainer.cancel()
+        if self.aborted or self._finished:
+            super().finished()
+            return
         transport = self._transport
-        if not transport.is_closing():
-            transport.close()
-        if transport.get_write_buffer_size():
+        try:
+            if not transport.is_closing():
+                transport.close()
+            buffered = transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError, OSError):
+            buffered = 0  # the transport is already torn down
+        if buffered:
             self.arm_deadline()  # a close waits for the buffer: not forever
         else:
             super().finished()
@@ -329,6 +362,19 @@ class WsPeer(Link):
         elif now - self.last_seen >= interval:
             self.ping_sent = now
             self._transport.write(_PING)
+
+    def pong(self, payload: bytes) -> None:
+        """Answer a ping. A pong counts against the slow-reader bound like any frame:
+        written while the transport takes it, else it waits in the outbox, counted;
+        a peer that pings without reading is closed 1013 once its pongs pass the
+        bound (without this, each ping of a flood left 127 bytes in the transport's
+        buffer, without limit)."""
+        wire = _frame(0xA, payload)
+        if self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            if self.queue_control(wire, "pongs to its pings"):
+                self._kick()
+            return
+        self._transport.write(wire)  # a control frame may go between any two frames
 
     # -- reading ----------------------------------------------------------------------
 
@@ -358,7 +404,7 @@ class WsPeer(Link):
                 self.ping_sent = 0.0
             elif kind is WSMsgType.PING:
                 if self.closing is None and not self.gone:
-                    self._transport.write(_frame(0xA, msg.data))
+                    self.pong(msg.data)
             elif kind is WSMsgType.CLOSE:
                 self.peer_closed(msg.data)
                 return
@@ -587,9 +633,9 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         gate.upgraded -= 1
         if keepalive is not None:
             keepalive.discard(peer)
-        peer.finished()
         if session is not None:
-            service.on_close(session)
+            service.on_close(session)  # first: its leaves never wait on the socket's end
+        peer.finished()
     return ws
 
 

@@ -101,7 +101,7 @@ class AsgiPeer(Link):
     where newer presence replaces older.
     """
 
-    __slots__ = ("_send", "_sending", "_wake", "_writer", "aborted", "done", "handler", "since")
+    __slots__ = ("_send", "_sending", "_wake", "_writer", "done", "handler", "since")
 
     def __init__(self, send: Send_, service: Service) -> None:
         super().__init__(service)
@@ -111,7 +111,6 @@ class AsgiPeer(Link):
         self._writer: asyncio.Task[None] | None = None
         self.since = 0.0  # loop time the pending send started
         self.done = False  # no more frames will be written
-        self.aborted = False
         self.handler: asyncio.Task[Any] | None = None  # the ASGI call, to end a stuck one
 
     def start(self) -> None:
@@ -137,9 +136,10 @@ class AsgiPeer(Link):
         if self._sending and self.closing is None and now - self.since >= limit:
             self.end(1013, f"nothing read for {limit:g}s", "stalled_reader")
 
-    def abort(self) -> None:
-        """End the ASGI call (the app cannot abort a socket: the ASGI server closes it)."""
-        self.done = self.aborted = True
+    def drop(self) -> None:
+        """End the ASGI call (the app cannot abort a socket: the ASGI server closes it).
+        Once (``Link.abort``): a second cancel of the call would escape it."""
+        self.done = True
         if self._writer is not None:
             self._writer.cancel()
         if self.handler is not None:

@@ -9,15 +9,24 @@ Rules kept here:
 
 * the first local join of a document waits for its attach; joins arriving
   meanwhile wait for the same attach (one future per document);
-* an attach of a document whose detach is still under way waits for it;
-* a document is detached once no local connection holds it (``Hub.released``).
+* a document is detached once no local connection holds it (``Hub.released``),
+  even while its attach is still in flight (the joiner left meanwhile);
+* the backend's attaches and detaches of one document run one at a time, in the
+  order they were decided (a lock per document, FIFO): a detach decided during an
+  attach runs after it (and not at all if the attach failed), an attach decided
+  during a detach runs after it. Without this, "last member leaves, detach in
+  flight, a member joins, attach, the member leaves again" let an attach and a
+  detach of one document overlap in the backend: the document stayed followed
+  with nobody here (its events kept coming, forever), and the next member's
+  attach and detach no longer balanced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from ..backends import Backend, BackendHooks, EventSink
@@ -27,7 +36,7 @@ log = logging.getLogger("cpc_signaling.server")
 
 
 class Following:
-    __slots__ = ("_attached", "_hub", "_spawn", "backend", "detaching", "shared")
+    __slots__ = ("_attached", "_hub", "_locks", "_spawn", "backend", "detaching", "shared")
 
     def __init__(
         self, backend: Backend, hub: Hub[Any], spawn: Callable[[Awaitable[Any]], None]
@@ -38,9 +47,12 @@ class Following:
         # A shared backend (Redis) holds the state and must be attached to per document;
         # the memory backend's state is the hub itself: no attach, no detach, no task.
         self.shared = backend.shared
-        self._attached: dict[str, asyncio.Future[None]] = {}
-        # Detaches under way: a new attach of the document waits for its detach first.
+        self._attached: dict[str, asyncio.Future[None]] = {}  # attach tasks, done or not
+        # Detaches decided and not finished (waiting for their turn, or under way).
         self.detaching: dict[str, asyncio.Future[None]] = {}
+        # Per document: its lock (the backend's attach/detach one at a time) and how
+        # many attaches and detaches hold it or wait for it (dropped at zero).
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # -- the backend's life ------------------------------------------------------
 
@@ -81,28 +93,59 @@ class Following:
         attached = self._attached.get(doc_id)
         return attached is None or not attached.done()
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, doc_id: str) -> AsyncIterator[None]:
+        """Hold ``doc_id``'s lock: its attaches and detaches, one at a time, in order."""
+        entry = self._locks.get(doc_id)
+        if entry is None:
+            entry = self._locks[doc_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0] and self._locks.get(doc_id) is entry:
+                del self._locks[doc_id]
+
     async def attach(self, doc_id: str) -> None:
         """Follow ``doc_id`` (subscribe, load, install the replica); raises what the
-        backend raises. Concurrent callers share one attach."""
+        backend raises. Concurrent callers share one attach, which runs as its own
+        task: a caller cancelled meanwhile (its connection aborted) does not cut the
+        backend's attach in half, and the detach that follows can undo it."""
         attached = self._attached.get(doc_id)
-        if attached is not None:
-            await attached
-            return
-        attached = asyncio.get_running_loop().create_future()
-        self._attached[doc_id] = attached
+        if attached is None:
+            attached = asyncio.ensure_future(self._attach(doc_id))
+            attached.add_done_callback(_retrieve)
+            self._attached[doc_id] = attached
+            self._spawn(attached)
+        await asyncio.shield(attached)
+
+    async def _attach(self, doc_id: str) -> None:
+        async with self._turn(doc_id):  # after a detach decided before it
+            try:
+                state = await self.backend.attach(doc_id)
+            except Exception:
+                if self._attached.get(doc_id) is asyncio.current_task():
+                    del self._attached[doc_id]  # the next join tries again
+                raise
+            if state is not None:
+                self._hub.install(state)
+
+    async def _detach(self, doc_id: str, attached: asyncio.Future[None]) -> None:
         try:
-            detaching = self.detaching.get(doc_id)
-            if detaching is not None:  # attach after the detach, never during it
-                await asyncio.wait([detaching])
-            state = await self.backend.attach(doc_id)
-        except Exception as exc:
-            del self._attached[doc_id]
-            attached.set_exception(exc)
-            attached.exception()  # retrieved: others waiting get it through their await
-            raise
-        if state is not None:
-            self._hub.install(state)
-        attached.set_result(None)
+            async with self._turn(doc_id):  # after the attach it undoes, even in flight
+                if not attached.done():
+                    await asyncio.wait([attached])
+                if not attached.cancelled() and attached.exception() is not None:
+                    return  # that attach did not happen: nothing to undo
+                await self.backend.detach(doc_id)
+        finally:
+            if doc_id not in self._attached:  # not attached again meanwhile
+                self._hub.forget(doc_id)
+            if self.detaching.get(doc_id) is asyncio.current_task():
+                del self.detaching[doc_id]
 
     async def load(self, doc_id: str) -> DocumentState | None:
         """The shared state of a document this instance does not follow (None: the
@@ -123,15 +166,13 @@ class Following:
             elif doc_id not in hub.local_members:
                 hub.released.discard(doc_id)
                 attached = self._attached.pop(doc_id, None)
-                if attached is not None:
-                    detaching = asyncio.ensure_future(self._detach(doc_id))
+                if attached is not None:  # attached, or its attach still in flight
+                    detaching = asyncio.ensure_future(self._detach(doc_id, attached))
                     self.detaching[doc_id] = detaching
                     self._spawn(detaching)
 
-    async def _detach(self, doc_id: str) -> None:
-        try:
-            await self.backend.detach(doc_id)
-        finally:
-            self._hub.forget(doc_id)
-            if self.detaching.get(doc_id) is asyncio.current_task():
-                del self.detaching[doc_id]
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Its callers get an attach's exception; nobody may be left to (all cancelled)."""
+    if not task.cancelled():
+        task.exception()

@@ -128,13 +128,19 @@ def _size(frames: Sequence[bytes]) -> int:
 class Link:
     """The transport-independent half of one WebSocket: its outbox and its closing.
 
-    A transport's peer subclasses it and provides ``abort`` (drop the socket now)
+    A transport's peer subclasses it and provides ``drop`` (drop the socket now)
     and, where its outbox holds something else than the frames themselves,
     ``counted`` (what to queue for a send) and ``wrap`` (a streamed frame as it
     is written).
+
+    Ending is idempotent: the server may find several reasons to give up on one
+    connection (its close deadline, a failed write, a second decision while the
+    first close lingers); the socket is dropped once (:meth:`abort`), the
+    deadline never re-armed after that or after :meth:`finished`, and the abort
+    logged and counted once. The leaves are the service's, once per session.
     """
 
-    __slots__ = ("_deadline", "closing", "outbox", "service", "session")
+    __slots__ = ("_deadline", "_finished", "aborted", "closing", "outbox", "service", "session")
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -142,11 +148,13 @@ class Link:
         self.outbox: Outbox | None = None  # created on first need: most peers never lag
         self.closing: tuple[int, str] | None = None  # (code, reason) once closing
         self._deadline: asyncio.TimerHandle | None = None
+        self.aborted = False  # the socket was dropped (once)
+        self._finished = False  # the transport is done with the socket
 
     # -- what a transport provides ------------------------------------------------
 
-    def abort(self) -> None:
-        """Drop the socket now (nothing more is written)."""
+    def drop(self) -> None:
+        """Drop the socket now (nothing more is written); called once, by :meth:`abort`."""
         raise NotImplementedError
 
     def counted(self, send: Send[Peer]) -> Sequence[bytes]:
@@ -190,12 +198,26 @@ class Link:
             return False
         return True
 
-    def overflow(self) -> None:
+    def queue_control(self, wire: bytes, what: str) -> bool:
+        """Queue a control frame the peer is owed (a pong), counted against the bound
+        like any frame that may not be dropped; False when this put the reader over
+        its bound (it is being closed 1013, ``what`` says what piled up)."""
+        outbox = self.outbox
+        if outbox is None:
+            outbox = self.outbox = Outbox(self.service.config.outbox_max_bytes, self.wrap)
+        outbox.push(wire)
+        if outbox.overflowed:
+            self.overflow(what)
+            return False
+        return True
+
+    def overflow(self, what: str = "") -> None:
         """Past ``--outbox-max-bytes`` of frames that may not be dropped: 1013."""
         log.info(
-            "%s: slow reader over its %d-byte bound",
+            "%s: slow reader over its %d-byte bound%s",
             self.name(),
             self.service.config.outbox_max_bytes,
+            f" ({what})" if what else "",
             extra=self.context(),
         )
         self.end(1013, "reader too slow", "slow_reader")
@@ -232,13 +254,16 @@ class Link:
         return True
 
     def arm_deadline(self) -> None:
-        """Abort the socket ``CLOSE_TIMEOUT`` from now unless :meth:`finished` first."""
-        if self._deadline is None:
+        """Abort the socket ``CLOSE_TIMEOUT`` from now unless :meth:`finished` first
+        (never again once aborted: one connection is given up on once)."""
+        if self._deadline is None and not self.aborted:
             loop = asyncio.get_running_loop()
             self._deadline = loop.call_later(CLOSE_TIMEOUT, self._overdue)
 
     def _overdue(self) -> None:
         self._deadline = None
+        if self.aborted:
+            return
         self.service.metrics.close_timeouts.inc()
         log.info(
             "%s: closing handshake not finished within %gs: socket aborted",
@@ -248,8 +273,21 @@ class Link:
         )
         self.abort()
 
+    def abort(self) -> bool:
+        """Drop the socket now, once; False when it was dropped already."""
+        if self.aborted:
+            return False
+        self.aborted = True
+        self._disarm()
+        self.drop()
+        return True
+
     def finished(self) -> None:
-        """The socket is gone: disarm the deadline."""
+        """The socket is gone: disarm the deadline (idempotent)."""
+        self._finished = True
+        self._disarm()
+
+    def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
