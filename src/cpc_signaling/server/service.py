@@ -131,7 +131,10 @@ class Service:
         self._checks: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.tally = Tally(self.metrics)
         self.guard = Guard(config, self.metrics)  # auth and connection caps
-        self.sessions: dict[str, Session] = {}  # connection id -> its session
+        self.sessions: dict[str, Session] = {}  # connection id -> its session, until let go
+        # Connection ids whose socket is still open (until on_close): what
+        # --max-connections counts, a connection lingering in its closing handshake too.
+        self.sockets: set[str] = set()
         self.draining = False
         self._fanout_sample = 0
         self.metrics.watch(self._live_metrics)
@@ -192,7 +195,7 @@ class Service:
         Refused (bad token, a cap reached): ``peer`` is sent the Error and closed
         (1008 or 1013), and None is returned: the transport only waits for the close.
         """
-        verdict = self.guard.admit(token, len(self.sessions))
+        verdict = self.guard.admit(token, len(self.sockets))
         if isinstance(verdict, Refusal):
             self.metrics.errors.labels(verdict.code).inc()
             frame = encode(Error(code=verdict.code, message=verdict.message))
@@ -210,6 +213,7 @@ class Service:
                 info=verdict.info,  # the token's info wins, even when it has none
             )
         session = self.sessions[conn.id] = Session(conn, self.config)
+        self.sockets.add(conn.id)
         if verdict is not None:
             if self.hooks.authorizer is not None:
                 session.claims = verdict.claims  # for the join hook; else not kept
@@ -254,8 +258,10 @@ class Service:
         session.peer.close(code, reason)
 
     def on_close(self, session: Session) -> None:
-        """The connection is gone (closed, failed or timed out): it leaves everything."""
+        """The connection is gone (closed, failed or timed out): it leaves everything
+        (if it has not already) and its socket stops counting against --max-connections."""
         self._leave(session)
+        self.sockets.discard(session.id)
         log.debug("%s gone", session.describe(), extra=session.context())
 
     def _leave(self, session: Session) -> None:
