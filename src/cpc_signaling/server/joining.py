@@ -4,7 +4,7 @@ A join may wait on two things before it is submitted to the backend: the
 application's join check (``--join-webhook`` or an authorizer, docs/hooks.md),
 and the attach of its document to a shared backend (``following.py``). While a
 check is in flight the connection reads on; frames for that document wait for
-the check, in order (:meth:`Joining.held` and :meth:`Joining.after_check`).
+the check, in order (``Joining.checks`` and :meth:`Joining.after_check`).
 
 A join whose wait ends after its connection was let go (the server decided to
 close it, or it is gone) is dropped: never applied, never announced, so nobody
@@ -49,7 +49,7 @@ class Dispatch(Protocol):
 
 
 class Joining:
-    __slots__ = ("_checks", "_dispatch", "_following", "_hooks", "_hub", "_spawn")
+    __slots__ = ("_dispatch", "_following", "_hooks", "_hub", "_spawn", "checks")
 
     def __init__(
         self,
@@ -65,13 +65,9 @@ class Joining:
         self._dispatch = dispatch
         self._spawn = spawn
         # Join checks in flight, per (connection, document); done when the check is over.
-        self._checks: dict[tuple[str, str], asyncio.Future[None]] = {}
-
-    def held(self, conn_id: str, doc_id: str) -> asyncio.Future[None] | None:
-        """The check in flight for ``conn_id``'s join of ``doc_id``, if any: that
-        document's frames wait for it (:meth:`after_check`)."""
-        checks = self._checks
-        return checks.get((conn_id, doc_id)) if checks else None
+        # A frame for that document waits for it (:meth:`after_check`); the frame
+        # dispatch reads this map directly (the hot path: one truth test when empty).
+        self.checks: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def join(self, session: Session, doc_id: str, event: Joined) -> Awaitable[None] | None:
         """A join the hub accepted: authorize it (join hook), attach, submit. Returns an
@@ -83,7 +79,7 @@ class Joining:
             decision = authorizer.cached(event.user, doc_id)
             if decision is None:
                 held = asyncio.get_running_loop().create_future()
-                self._checks[(session.id, doc_id)] = held
+                self.checks[(session.id, doc_id)] = held
                 self._spawn(self._check_then_join(session, doc_id, event, held))
                 return None  # the reader goes on; this document's frames wait
             if not decision.allowed:
@@ -122,7 +118,7 @@ class Joining:
             else:
                 self._dispatch.submit(doc_id, event)
         finally:
-            del self._checks[(session.id, doc_id)]
+            del self.checks[(session.id, doc_id)]
             held.set_result(None)
 
     async def _attach_then_join(self, session: Session, doc_id: str, event: Joined) -> None:

@@ -11,9 +11,10 @@ Its own jobs: composing the parts, the close policy, frame dispatch, and the
 fan-out between the hub and the backend. Jobs given away: hot-path metric counts
 (``tally.py``), every call into the backend (``following.py``; orders to every
 instance, such as "disconnect user X", go through it too), per-connection state
-(``session.py``), admission (``guard.py``), the join flow (join checks, attach:
-``joining.py``) and the server-side API (publish, presence, disconnect:
-``serverapi.py``).
+(``session.py``), admission (``guard.py`` decides, ``admission.py`` opens the
+connection), the join flow (join checks, attach: ``joining.py``), the server-side
+API (publish, presence, disconnect: ``serverapi.py``), building the backend from
+the configuration (``wiring.py``).
 
 The close policy: from the moment the server decides to close a connection
 (:meth:`Service.end`, whatever the reason), it is let go: frames still arriving
@@ -86,6 +87,7 @@ class Service:
         self.hooks = HookRuntime(config, hooks, self.metrics.registry, self.instance_id)
         self._emitting = self.hooks.events is not None
         self.joining = Joining(self.hub, self.following, self.hooks, self, self.spawn)
+        self._checks = self.joining.checks  # join checks in flight (on_frame's hot path)
         self.api = ServerApi(self, self.hub, self.following, self.decoder, self.hooks, self.metrics)
         self.tally = Tally(self.metrics)
         self.guard = Guard(config, self.metrics)  # auth and connection caps
@@ -235,9 +237,10 @@ class Service:
                         f"rate limited: more than {self.config.stored_rate_limit:g} "
                         "annotations and comments/s; they are being dropped",
                     )
-            held = self.joining.held(conn.id, message.document_id)
-            if held is not None:  # its join is being checked: after it, in order
-                return self.joining.after_check(session, held, message)
+            if self._checks:
+                held = self._checks.get((conn.id, message.document_id))
+                if held is not None:  # its join is being checked: after it, in order
+                    return self.joining.after_check(session, held, message)
             doc_id, event = self.hub.receive(conn, message)
         except ProtocolError as exc:
             self.reject(session, exc)
