@@ -209,7 +209,7 @@ class Hub(Generic[P]):
             self._release(conn, doc_id)
             return doc_id, Left(conn.id, conn.user_id)
         frame = encode(message)
-        if self.retain_idle and (kind is Annotation or kind is Comment):
+        if (kind is Annotation or kind is Comment) and self.retain_idle:
             self._make_room(len(frame), conn.user_id)
         return doc_id, Relayed(conn.id, conn.user_id, kind.__name__, frame)
 
@@ -362,18 +362,12 @@ class Hub(Generic[P]):
         ``decided``: the outcome a shared store decided (``DocumentState.apply``).
         """
         state = self.document(doc_id)
-        stored_before = state.stored_bytes
-        if type(event) is Relayed and event.kind in STORED_KINDS and self.retain_idle:
-            held_before = dict(state.held)
+        if type(event) is Relayed and event.kind in STORED_KINDS:
+            outcome = self._apply_stored(state, event, decided)
+        else:  # presence, joins, leaves: no stored bytes move (kept off the hot path)
             outcome = state.apply(
                 event, max_members=self.limits.max_members_per_document, decided=decided
             )
-            self._account(doc_id, held_before, state.held)
-        else:
-            outcome = state.apply(
-                event, max_members=self.limits.max_members_per_document, decided=decided
-            )
-        self.stored_bytes += state.stored_bytes - stored_before
         conn = self.connections.get(event.conn)
         if conn is not None and doc_id not in conn.joined and type(event) is not Left:
             conn = None  # it left (or closed) while this event was in flight
@@ -423,6 +417,19 @@ class Hub(Generic[P]):
         if not state.conns:
             self._forget_if_idle(state)
         return sends
+
+    def _apply_stored(self, state: DocumentState, event: Relayed, decided: int | None) -> Outcome:
+        """Apply an Annotation or Comment: the only events that move stored bytes, so the
+        process-wide total and the per-author ledger are kept here only."""
+        stored_before = state.stored_bytes
+        held_before = dict(state.held) if self.retain_idle else None
+        outcome = state.apply(
+            event, max_members=self.limits.max_members_per_document, decided=decided
+        )
+        if held_before is not None:
+            self._account(state.document_id, held_before, state.held)
+        self.stored_bytes += state.stored_bytes - stored_before
+        return outcome
 
     def _others_than(self, members: dict[str, P], user_id: str) -> list[P]:
         """The peers of local members whose user is not ``user_id`` (nobody is told

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 _unique = itertools.count()
 
@@ -146,3 +146,26 @@ class Outbox:
         out = self.pop(1 << 62) if self._items else []
         self.clear()
         return out
+
+
+def outbox_gauges(outboxes: Iterable[Outbox | None]) -> dict[str, tuple[str, float]]:
+    """Queue depths over ``outboxes`` (one per connection; None: nothing ever waited)."""
+    frames = firm = waiting = streams = 0
+    for outbox in outboxes:
+        if outbox:
+            waiting += 1
+            frames += len(outbox)
+            firm += outbox.firm_bytes
+            streams += outbox.streams
+    return {
+        "outbox_frames": ("frames waiting in slow readers' outboxes", frames),
+        "outbox_firm_bytes": (
+            "bytes of non-droppable frames waiting in outboxes (closed past --outbox-max-bytes)",
+            firm,
+        ),
+        "slow_readers": ("connections with frames waiting in their outbox", waiting),
+        "snapshots_streaming": (
+            "join snapshots being written as their reader's socket drains",
+            streams,
+        ),
+    }

@@ -19,7 +19,7 @@ from ..core.ratelimit import Notices, TokenBucket
 from .config import Config
 
 if TYPE_CHECKING:
-    from .service import Peer
+    from .peer import Peer
 
 
 class Verdict(enum.IntEnum):
