@@ -166,7 +166,9 @@ class ServerApi:
     def disconnect_local(self, user_id: str, reason: str) -> int:
         """Close this instance's connections of ``user_id``; how many."""
         self._hooks.forget_user(user_id)  # a reconnect is asked again (access revoked?)
-        sessions = [s for s in self._host.sessions.values() if s.user_id == user_id]
+        sessions = [
+            s for s in self._host.sessions.values() if s.user_id == user_id and s.closing is None
+        ]
         for session in sessions:
             self._host.kick(session, reason)
         if sessions:
