@@ -200,8 +200,9 @@ def main() -> None:
     parser.add_argument(
         "--compare-src",
         metavar="DIR",
-        help="also run every row with the servers from this source tree (e.g. the commit "
-        "before a change, from `git archive`), interleaved with this checkout's",
+        help="also run every row with the servers from this source tree (a checkout of "
+        "the commit before a change, e.g. `git worktree add DIR COMMIT`, or its src/), "
+        "interleaved with this checkout's",
     )
     parser.add_argument("--compare-label", default="compare")
     parser.add_argument("--report", action="store_true", help="only report --out's lines")

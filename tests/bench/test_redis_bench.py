@@ -14,9 +14,12 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from cpc_signaling.bench.processes import RedisProcess, ServerProcess
+import pytest
+
+from cpc_signaling.bench.processes import RedisProcess, ServerProcess, package_path
 from cpc_signaling.bench.runner import Workload, summarize
 from cpc_signaling.bench.targeting import route
 from cpc_signaling.bench.worker import Layout, Worker
@@ -171,3 +174,18 @@ async def test_targeting_counts_events_deliveries_and_redis_output() -> None:
     # A shared event must reach the other instance through Redis; a private one never
     # needs more than its own document's follower does.
     assert rows["shared"]["redis_bytes_per_event"] > rows["own"]["redis_bytes_per_event"]
+
+
+def test_server_src_finds_the_package_or_refuses(tmp_path: Path) -> None:
+    """--server-src DIR: a checkout's root (DIR/src/cpc_signaling) or its src/ both
+    run that tree; a directory without the package is refused. Before, a checkout's
+    root went on PYTHONPATH as it was, found no package there, and the servers
+    silently ran the installed one: a "before and after" of the same code."""
+    checkout = tmp_path / "checkout"
+    package = checkout / "src" / "cpc_signaling"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    assert package_path(str(checkout)) == str(checkout / "src")
+    assert package_path(str(checkout / "src")) == str(checkout / "src")
+    with pytest.raises(ValueError, match="no cpc_signaling package"):
+        package_path(str(tmp_path))

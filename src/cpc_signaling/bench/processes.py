@@ -37,6 +37,17 @@ def free_port() -> int:
         return port
 
 
+def package_path(src: str) -> str:
+    """The directory to put first on the path to run the package from ``src``: ``src``
+    itself when it holds ``cpc_signaling/``, else its ``src/`` (a checkout's root).
+    Anything else is refused: on the path it would change nothing, and the servers
+    would silently run the installed package instead of the tree asked for."""
+    for candidate in (src, os.path.join(src, "src")):
+        if os.path.isfile(os.path.join(candidate, "cpc_signaling", "__init__.py")):
+            return candidate
+    raise ValueError(f"{src}: no cpc_signaling package there (nor in {src}/src)")
+
+
 class ServerProcess:
     """A ``cpc-signaling serve`` started by the bench, optionally pinned to one CPU (and
     optionally from another source tree of the package, ``src``).
@@ -56,7 +67,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "cpc_signaling", "serve", "--port", "0", *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if src:  # another source tree of the package: it comes first on the path
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+            path = package_path(src)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [path, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             pinned(cmd, cpu),
             stdout=subprocess.PIPE,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .processes import RedisProcess, ServerProcess, cpu_busy, proc_cpu, proc_rss
+from .processes import RedisProcess, ServerProcess, cpu_busy, package_path, proc_cpu, proc_rss
 from .worker import Layout, StepStats, _raise_file_limit, run_queue_wait, worker_main
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
@@ -65,8 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--server-src",
         default=None,
         metavar="DIR",
-        help="run the spawned servers from this source tree (PYTHONPATH=DIR), e.g. an older "
-        "commit's src/ from `git archive`, to compare it with this one in one sitting",
+        help="run the spawned servers from this source tree (a checkout, or its src/: the "
+        "directory holding cpc_signaling/), e.g. an older commit's `git worktree`, to compare "
+        "it with this one in one sitting",
     )
     target.add_argument(
         "--instances",
@@ -721,6 +722,11 @@ def main(args: argparse.Namespace) -> int:
         args.spawn = True
     if args.spawn_redis and not args.spawn:
         raise SystemExit("--spawn-redis goes with --spawn")
+    if args.server_src:
+        try:
+            args.server_src = package_path(args.server_src)
+        except ValueError as exc:
+            raise SystemExit(f"--server-src {exc}") from None
     if args.spawn_redis and any(a.startswith("--redis-url") for a in args.server_arg):
         raise SystemExit("--spawn-redis gives the servers their --redis-url: drop the other")
     if args.spawn and len(_cpus()) > 1:
