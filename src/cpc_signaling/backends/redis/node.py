@@ -32,23 +32,38 @@ import random
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from ...core import DocumentState, Event, Joined, Left, Relayed
 from ...core.state import STORED_KINDS
 from ...errors import ConnectionLost, ReplyError
-from .options import NodeAddress
+from ..base import BackendHooks, EventSink
+from .options import NodeAddress, RedisOptions
 from .resp import Connection
 from .store import Limits, Loaded, RedisStore
 from .stream import Ordering, Phase, Signal, outcome_of, reaped
 from .wire import Batch, Channels, decode_acks, decode_batch
 
-if TYPE_CHECKING:
-    from .backend import RedisBackend
+
+class Owner(Protocol):
+    """What a node needs of the backend that owns it (``backend.RedisBackend``): its
+    options, where events and hook notices go, and where it reports its state."""
+
+    options: RedisOptions
+    sink: EventSink
+    hooks: BackendHooks
+
+    def on_control(self, data: bytes) -> None: ...
+    def node_changed(self, node: Node, why: str | None) -> None: ...
+    def compare_limits(self, node: Node, limits: Mapping[str, str]) -> None: ...
+    def count_failure(self, reason: str) -> None: ...
+    def count_reaped(self, n: int) -> None: ...
+    def count_malformed(self, where: str, channel: bytes, data: bytes) -> None: ...
+
 
 log = logging.getLogger("cpc_signaling.redis")
 
@@ -112,7 +127,7 @@ class _Flush:
 class Node:
     """See the module docstring."""
 
-    def __init__(self, backend: RedisBackend, index: int, address: NodeAddress) -> None:
+    def __init__(self, backend: Owner, index: int, address: NodeAddress) -> None:
         options = backend.options
         self.backend = backend
         self.index = index
