@@ -38,9 +38,6 @@ def events(receiver: Receiver) -> list[dict[str, Any]]:
 
 
 async def until_events(receiver: Receiver, count: int, timeout: float = TIMEOUT) -> None:
-    import sys
-
-    print([(e["type"], e["user_id"][:6]) for e in events(receiver)], file=sys.stderr)
     async with asyncio.timeout(timeout):
         while len(events(receiver)) < count:
             await receiver.wait_for(len(receiver.requests) + 1, timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 import websockets
@@ -19,20 +20,29 @@ from cpc_signaling.protocol import JoinDocument
 
 from ..conftest import ServerFactory
 from ..helpers import TIMEOUT, new_id, receive_until
+from ..redis.server import RedisServer, redis_server
 from ..security.support import frame
 from .receiver import Answer, receiving
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A private redis-server on a free port for this module."""
+    with redis_server() as server:
+        yield server
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 @pytest.mark.parametrize("how", ["client", "server"])
 async def test_a_join_checked_after_its_connection_started_closing_is_never_announced(
-    server_factory: ServerFactory, backend: str, how: str
+    server_factory: ServerFactory, backend: str, how: str, request: pytest.FixtureRequest
 ) -> None:
     doc, ghost = new_id(), new_id()
     gate = asyncio.Event()
     options: dict[str, object] = {"join_webhook_cache": 0}
     if backend == "redis":
-        options |= {"redis_url": "redis://127.0.0.1:6379", "redis_prefix": f"j{new_id()[:8]}"}
+        redis: RedisServer = request.getfixturevalue("redis")
+        options |= {"redis_url": redis.url, "redis_prefix": f"j{new_id()[:8]}"}
     async with (
         receiving() as hook,
         server_factory(join_webhook=hook.url, **options) as server,

@@ -6,15 +6,12 @@ from typing import Any
 
 from cpc_signaling.client import Client
 from cpc_signaling.protocol import Comment, Error, ErrorCode, JoinDocument, Message
-from cpc_signaling.server import Config
 
 from ..conftest import ServerFactory
 from ..helpers import new_id, receive_until
 
 # Flooding is the point here: no per-connection rate may stand in the way.
-NO_RATES: dict[str, Any] = {"rate_limit": 0, "error_limit": 1000}
-if "stored_rate_limit" in Config.__dataclass_fields__:
-    NO_RATES["stored_rate_limit"] = 0
+NO_RATES: dict[str, Any] = {"rate_limit": 0, "stored_rate_limit": 0, "error_limit": 1000}
 
 
 def comments(messages: list[Message]) -> list[Comment]:
