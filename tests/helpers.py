@@ -16,10 +16,11 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from cpc_signaling.client import Client, Reconnected
@@ -267,3 +268,23 @@ async def receive_until(client: Client, predicate: Any, timeout: float = TIMEOUT
             got.append(message)
             if predicate(message):
                 return got
+
+
+async def until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
+    """Wait for ``predicate()`` to hold: state with no event to await (the server's own
+    counters and maps, the kernel's socket table, another process's metrics)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+async def metric(http: str, name: str) -> float:
+    """The sum of the ``/metrics`` samples of a server whose lines start with ``name``
+    (a self-signed TLS server's too)."""
+    connector = aiohttp.TCPConnector(ssl=False)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"{http}/metrics") as response,
+    ):
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))

@@ -6,10 +6,9 @@ uvicorn: one service, two transports.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -23,16 +22,10 @@ from ..helpers import (
     receive_until,
     running_asgi_server,
     running_server,
+    until,
 )
 from ..redis.server import RedisServer, redis_server
 from .test_api import AUTH, KEY, call, comment_body
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    """Poll a state flag the service exposes without an event (readiness, subscription)."""
-    async with asyncio.timeout(TIMEOUT):
-        while not condition():  # noqa: ASYNC110 - no event to await for these flags
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ async def two_instances(redis: RedisServer) -> AsyncIterator[tuple[RunningServer
     async with running_server(**options) as a, running_asgi_server(**options) as b:
         for srv in (a, b):
             assert srv.service.ready
-            await wait_for(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
+            await until(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
         yield a, b
 
 
@@ -112,7 +105,7 @@ async def test_api_answers_503_while_redis_is_down() -> None:
             assert srv.service.ready
             own.stop()
             doc = new_id()
-            await wait_for(lambda: not srv.service.ready)  # until the instance notices
+            await until(lambda: not srv.service.ready)  # until the instance notices
             status, payload, _ = await call(
                 srv,
                 "POST",
@@ -133,13 +126,13 @@ async def test_control_channel_heals_after_a_redis_restart() -> None:
         options = {"redis_url": own.url, "api_key": KEY}
         async with running_server(**options) as a, running_server(**options) as b:
             for srv in (a, b):
-                await wait_for(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
+                await until(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
             own.stop()
-            await wait_for(lambda: not b.service.ready)  # it notices the loss
+            await until(lambda: not b.service.ready)  # it notices the loss
             assert "cpc_redis_nodes_up 0.0" in b.service.metrics.render().decode()
             own.start()
             for srv in (a, b):
-                await wait_for(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
+                await until(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
             async with b.client(reconnect=False) as victim:
                 await victim.join(new_id())
                 assert await a.service.disconnect(victim.user_id) == 0

@@ -12,22 +12,14 @@ events, and once nobody is there, the instance follows nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from cpc_signaling.protocol import CursorUpdate, JoinDocument
 
-from ..helpers import TIMEOUT, new_id, receive_until, running_server
+from ..helpers import TIMEOUT, new_id, receive_until, running_server, until
 from ..security.support import RawWebSocket, frame
 from .server import RedisServer
 
 PAUSE_MS = 600
-
-
-async def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait for ``predicate()`` (the server's own state) to hold."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 async def redis_answers(redis: RedisServer) -> None:

@@ -20,10 +20,30 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cpc_signaling.tokens import mint_token
 
-from ..helpers import TIMEOUT
+from ..helpers import TIMEOUT, new_id
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TS = "2023-01-01T00:00:00Z"
+
+
+async def fill_over_http(http: str, key: str, doc: str, count: int, size: int) -> None:
+    """Store ``count`` annotations of ``size`` characters in ``doc`` through the HTTP API
+    of the server at ``http`` (API key ``key``; a self-signed TLS server's too)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(ssl=False)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        for i in range(count):
+            body = frame(
+                "Annotation",
+                document_id=doc,
+                user_id=new_id(),
+                position={"line": i, "column": 0},
+                content="a" * size,
+                timestamp=TS,
+            )
+            url = f"{http}/api/documents/{doc}/messages"
+            async with session.post(url, data=body) as response:
+                assert response.status == 202, await response.text()
 
 
 def frame(kind: str, **fields: Any) -> str:

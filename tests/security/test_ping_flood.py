@@ -21,15 +21,13 @@ import os
 import struct
 import time
 
-import aiohttp
-
 from cpc_signaling.client import Client
 from cpc_signaling.protocol import JoinDocument, LeaveDocument
 
 from ..helpers import (
     TIMEOUT,
     UNIT,
-    ServerProcess,
+    metric,
     new_id,
     receive_until,
     running_asgi_server,
@@ -65,12 +63,6 @@ async def flood(raw: RawWebSocket, pings: int) -> int:
     return sent
 
 
-async def metric(server: ServerProcess, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"{server.http}/metrics") as response:
-        text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
 async def test_a_ping_flood_that_never_reads_is_closed_and_leaves() -> None:
     server = await spawn_server(["--ping-interval", "0"])
     raw: RawWebSocket | None = None
@@ -95,7 +87,7 @@ async def test_a_ping_flood_that_never_reads_is_closed_and_leaves() -> None:
                 left = False
             after = rss_kib(pid)
             growth_mib = (after - before) / 1024
-            closed = await metric(server, 'cpc_closes_total{reason="slow_reader"}')
+            closed = await metric(server.http, 'cpc_closes_total{reason="slow_reader"}')
             if REPORT:
                 print(
                     f"\n[security figures] ping flood, {sent} pings of 125 B sent, never "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-import aiohttp
 import pytest
 
 from cpc_signaling.protocol import Comment, JoinDocument, Position
@@ -27,29 +26,11 @@ from ..helpers import (
     spawn_asgi_server,
     spawn_server,
 )
-from .support import TS, RawWebSocket, frame, rss_kib
+from .support import TS, RawWebSocket, fill_over_http, frame, rss_kib
 
 REPORT = os.environ.get("CPC_SECURITY_REPORT") == "1"
 API_KEY = "k" * 40
 STALLED = 10
-
-
-async def fill_over_http(server: ServerProcess, doc: str, count: int, size: int) -> None:
-    """Store ``count`` annotations of ``size`` characters through the HTTP API."""
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        for i in range(count):
-            body = frame(
-                "Annotation",
-                document_id=doc,
-                user_id=new_id(),
-                position={"line": i, "column": 0},
-                content="a" * size,
-                timestamp=TS,
-            )
-            url = f"{server.http}/api/documents/{doc}/messages"
-            async with http.post(url, data=body) as response:
-                assert response.status == 202, await response.text()
 
 
 @pytest.mark.parametrize("spawn", [spawn_server, spawn_asgi_server], ids=["aiohttp", "asgi"])
@@ -59,7 +40,7 @@ async def test_stalled_joiners_of_a_large_document_cost_little_memory(spawn: obj
     raws: list[RawWebSocket] = []
     try:
         doc = new_id()
-        await fill_over_http(server, doc, 350, 10_000)  # a 3.5 MB document
+        await fill_over_http(server.http, API_KEY, doc, 350, 10_000)  # a 3.5 MB document
         pid = server.proc.pid
         before = rss_kib(pid)
         for _ in range(STALLED):

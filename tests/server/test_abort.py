@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import os
 import socket
 import ssl
 import struct
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -38,15 +36,16 @@ from ..helpers import (
     TIMEOUT,
     UNIT,
     _spawn,
+    metric,
     new_id,
     receive_until,
     running_server,
     spawn_server,
+    until,
 )
-from ..security.support import TS, RawWebSocket, frame, read_json
-from ..security.test_snapshot_bound import fill_over_http
+from ..security.support import RawWebSocket, fill_over_http, frame, read_json
 from ..security.test_tls import self_signed
-from .test_closing import fill, until
+from .test_closing import fill
 
 API_KEY = "k" * 40
 
@@ -72,21 +71,6 @@ def tcp_entries(local_port: int, remote_port: int) -> list[tuple[str, int]]:
     return found
 
 
-async def metric(http: str, name: str, session: aiohttp.ClientSession | None = None) -> float:
-    async with contextlib.AsyncExitStack() as stack:
-        if session is None:
-            session = await stack.enter_async_context(aiohttp.ClientSession())
-        async with session.get(f"{http}/metrics") as response:
-            text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
-async def wait_for(check: Callable[[], object], timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
 async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
     """A real process: a member that never reads nor answers pings is closed (1011),
     its closing handshake never finishes, and its socket is aborted after 2 s; no socket
@@ -97,20 +81,22 @@ async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
     raw: RawWebSocket | None = None
     try:
         doc = new_id()
-        await fill_over_http(server, doc, 300, 9000)  # its snapshot fills every buffer
+        await fill_over_http(
+            server.http, API_KEY, doc, 300, 9000
+        )  # its snapshot fills every buffer
         port = int(server.http.rsplit(":", 1)[1])
         raw = await RawWebSocket.connect(server.url)  # 4 KiB receive buffer, never read
         client_port = raw.sock.getsockname()[1]
         await raw.send_text(frame("JoinDocument", document_id=doc, user_id=new_id()))
         # Its snapshot sits in the server's kernel send buffer.
-        await wait_for(lambda: any(q > 0 for _, q in tcp_entries(port, client_port)), TIMEOUT)
+        await until(lambda: any(q > 0 for _, q in tcp_entries(port, client_port)))
         # Ping timeout, then the close deadline: aborted.
         async with asyncio.timeout(1.0 + CLOSE_TIMEOUT + TIMEOUT):
             while await metric(server.http, "cpc_close_timeouts_total") < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # another process's counter: polled
         # Reset at once: no orphan in FIN-WAIT-1 keeping the unsent snapshot.
         try:
-            await wait_for(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
+            await until(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
         except TimeoutError:
             raise AssertionError(
                 f"still held by the kernel (state, send queue): {tcp_entries(port, client_port)}"
@@ -146,7 +132,7 @@ async def test_in_process_an_aborted_socket_is_reset() -> None:
                 aborted = srv.service.metrics.close_timeouts
                 await until(lambda: aborted._value.get() == 1, CLOSE_TIMEOUT + TIMEOUT)
                 try:
-                    await wait_for(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
+                    await until(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
                 except TimeoutError:
                     raise AssertionError(
                         f"still held by the kernel: {tcp_entries(port, client_port)}"
@@ -227,21 +213,11 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
     stalled_writer: asyncio.StreamWriter | None = None
     doc, watcher_user, stalled = new_id(), new_id(), new_id()
     try:
+        await fill_over_http(http, API_KEY, doc, 300, 9000)  # its snapshot fills every buffer
         headers = {"Authorization": f"Bearer {API_KEY}"}
         async with aiohttp.ClientSession(
             headers=headers, connector=aiohttp.TCPConnector(ssl=False)
         ) as api:
-            for i in range(300):  # a 2.7 MB document: its snapshot fills every buffer
-                body = frame(
-                    "Annotation",
-                    document_id=doc,
-                    user_id=new_id(),
-                    position={"line": i, "column": 0},
-                    content="a" * 9000,
-                    timestamp=TS,
-                )
-                async with api.post(f"{http}/api/documents/{doc}/messages", data=body) as r:
-                    assert r.status == 202
 
             async def disconnect() -> int:
                 async with api.post(f"{http}/api/users/{stalled}/disconnect") as response:
@@ -278,9 +254,9 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
                 while got[-1] != own:
                     got.append(await read_json(watcher))
                 assert got.count(leave) == 1, got
-                assert await metric(http, "cpc_close_timeouts_total", api) == 1
-                assert await metric(http, "cpc_closes_total", api) == 1
-                assert await metric(http, "cpc_connections ", api) == 1  # the watcher
+                assert await metric(http, "cpc_close_timeouts_total") == 1
+                assert await metric(http, "cpc_closes_total") == 1
+                assert await metric(http, "cpc_connections ") == 1  # the watcher
     finally:
         if stalled_writer is not None:
             stalled_writer.transport.abort()

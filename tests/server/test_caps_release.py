@@ -22,36 +22,6 @@ from ..security.support import RawWebSocket, frame
 SECRET = "s" * 40
 
 
-async def test_a_user_at_the_cap_reconnects_while_its_dead_connection_lingers(
-    server_factory: ServerFactory,
-) -> None:
-    async with server_factory(jwt_secret=SECRET, max_connections_per_user=1) as srv:
-        doc, user, watcher_user = new_id(), new_id(), new_id()
-        token = mint_token(sub=user, secret=SECRET)
-        watcher = srv.client(watcher_user, token=mint_token(sub=watcher_user, secret=SECRET))
-        async with watcher:
-            await watcher.join(doc)
-            raw = await RawWebSocket.connect(srv.url, path_query=f"?token={token}")
-            try:
-                await raw.send_text(frame("JoinDocument", document_id=doc, user_id=user))
-                await receive_until(
-                    watcher, lambda m: m == JoinDocument(document_id=doc, user_id=user)
-                )
-                for _ in range(21):  # the 21st error spends the budget: closed with 1008
-                    await raw.send_text("garbage")
-                await receive_until(
-                    watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=user)
-                )
-                # The raw peer never answers the close: its socket lingers, yet the user
-                # holds no live connection and gets in again at once.
-                again = srv.client(user, token=token, reconnect=False)
-                async with again:
-                    snapshot = await again.join(doc)
-                    assert snapshot[-1] == JoinDocument(document_id=doc, user_id=user)
-            finally:
-                raw.close()
-
-
 async def kill_by_error_budget(srv: RunningServer, doc: str, user: str, token: str) -> RawWebSocket:
     """A connection of ``user`` in ``doc``, closed by the server (1008, error budget) while
     its peer never reads nor answers the close; returns once its leave was announced."""
@@ -66,6 +36,24 @@ async def kill_by_error_budget(srv: RunningServer, doc: str, user: str, token: s
             await raw.send_text("garbage")
         await receive_until(watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=user))
     return raw
+
+
+async def test_a_user_at_the_cap_reconnects_while_its_dead_connection_lingers(
+    server_factory: ServerFactory,
+) -> None:
+    async with server_factory(jwt_secret=SECRET, max_connections_per_user=1) as srv:
+        doc, user = new_id(), new_id()
+        token = mint_token(sub=user, secret=SECRET)
+        raw = await kill_by_error_budget(srv, doc, user, token)
+        try:
+            # The raw peer never answers the close: its socket lingers, yet the user
+            # holds no live connection and gets in again at once.
+            again = srv.client(user, token=token, reconnect=False)
+            async with again:
+                snapshot = await again.join(doc)
+                assert snapshot[-1] == JoinDocument(document_id=doc, user_id=user)
+        finally:
+            raw.close()
 
 
 async def test_max_connections_counts_a_socket_lingering_in_its_closing_handshake() -> None:

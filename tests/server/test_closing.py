@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import pytest
 import websockets
@@ -26,7 +25,7 @@ from cpc_signaling.server.service import Service
 from cpc_signaling.tokens import mint_token
 
 from ..conftest import ServerFactory
-from ..helpers import TIMEOUT, UNIT, new_id, receive_until
+from ..helpers import TIMEOUT, UNIT, new_id, receive_until, until
 from ..security.support import RawWebSocket, frame
 
 SECRET = "s" * 40
@@ -48,13 +47,6 @@ def fill(service: Service, doc: str, nbytes: int) -> int:
         )
         n += 1
     return n
-
-
-async def until(predicate: Callable[[], bool], timeout: float) -> None:
-    """Wait for ``predicate()`` (the server's own state, no event to await) to hold."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def test_a_member_that_never_reads_nor_answers_pings_is_announced_gone(
