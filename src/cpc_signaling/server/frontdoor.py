@@ -180,9 +180,7 @@ class Link:
         """Queue ``send`` in the outbox: its frames (presence conflated when ``behind``:
         the socket is full or a stream is pending), or, for a large multi-frame send,
         a stream. False when this put the reader over its bound (it is being closed)."""
-        outbox = self.outbox
-        if outbox is None:
-            outbox = self.outbox = Outbox(self.service.config.outbox_max_bytes, self.wrap)
+        outbox = self._outbox()
         frames = send.frames
         if len(frames) > 1 and _size(frames) > STREAM_THRESHOLD:
             outbox.push_stream(frames)
@@ -193,19 +191,25 @@ class Link:
             conflated += outbox.push(frame, key)
         if conflated:
             self.service.metrics.conflated.inc(conflated)
-        if outbox.overflowed:
-            self.overflow()
-            return False
-        return True
+        return self._within_bound(outbox)
 
     def queue_control(self, wire: bytes, what: str) -> bool:
         """Queue a control frame the peer is owed (a pong), counted against the bound
         like any frame that may not be dropped; False when this put the reader over
         its bound (it is being closed 1013, ``what`` says what piled up)."""
+        outbox = self._outbox()
+        outbox.push(wire)
+        return self._within_bound(outbox, what)
+
+    def _outbox(self) -> Outbox:
+        """The outbox, created on first need."""
         outbox = self.outbox
         if outbox is None:
             outbox = self.outbox = Outbox(self.service.config.outbox_max_bytes, self.wrap)
-        outbox.push(wire)
+        return outbox
+
+    def _within_bound(self, outbox: Outbox, what: str = "") -> bool:
+        """False, and the reader closed (1013), when ``outbox`` is past its bound."""
         if outbox.overflowed:
             self.overflow(what)
             return False

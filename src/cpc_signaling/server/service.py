@@ -222,7 +222,6 @@ class Service:
                     ),
                 )
             return None
-        conn = session.conn
         try:
             message = self.decoder.decode_document_message(data)
             kind = type(message)
@@ -237,23 +236,18 @@ class Service:
                         f"rate limited: more than {self.config.stored_rate_limit:g} "
                         "annotations and comments/s; they are being dropped",
                     )
-            if self._checks:
-                held = self._checks.get((conn.id, message.document_id))
-                if held is not None:  # its join is being checked: after it, in order
-                    return self.joining.after_check(session, held, message)
-            doc_id, event = self.hub.receive(conn, message)
         except ProtocolError as exc:
             self.reject(session, exc)
             return None
-        self.tally.message(kind.__name__)
-        if type(event) is Joined:
-            return self.joining.join(session, doc_id, event)
-        self.submit(doc_id, event)
-        return None
+        if self._checks:
+            held = self._checks.get((session.id, message.document_id))
+            if held is not None:  # its join is being checked: after it, in order
+                return self.joining.after_check(session, held, message)
+        return self.handle(session, message)
 
     def handle(self, session: Session, message: DocumentMessage) -> Awaitable[None] | None:
-        """A decoded message, checked by the hub and dispatched (``on_frame`` inlines it:
-        the hot path); the join flow calls it for frames held behind a join check."""
+        """A decoded message, checked by the hub and dispatched: every frame's, and the
+        join flow's for frames held behind a join check."""
         try:
             doc_id, event = self.hub.receive(session.conn, message)
         except ProtocolError as exc:
