@@ -11,7 +11,7 @@ import argparse
 from . import runner
 from .runner import add_arguments
 from .targeting import run_targeting
-from .worker import _raise_file_limit
+from .worker import raise_file_limit
 
 __all__ = ["add_arguments", "main"]
 
@@ -19,6 +19,6 @@ __all__ = ["add_arguments", "main"]
 def main(args: argparse.Namespace) -> int:
     """A load run (:mod:`.runner`), or ``--targeting`` (:mod:`.targeting`)."""
     if args.targeting:
-        _raise_file_limit()
+        raise_file_limit()
         return run_targeting(args, runner.Printer(args.json))
     return runner.main(args)

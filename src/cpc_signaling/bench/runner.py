@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .processes import RedisProcess, ServerProcess, cpu_busy, package_path, proc_cpu, proc_rss
-from .worker import Layout, StepStats, _raise_file_limit, run_queue_wait, worker_main
+from .worker import Layout, StepStats, raise_file_limit, run_queue_wait, worker_main
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 
@@ -715,7 +715,7 @@ def spawn_target(
 
 
 def main(args: argparse.Namespace) -> int:
-    _raise_file_limit()
+    raise_file_limit()
     _cpus()  # before this process moves to the generator's CPUs
     printer = Printer(args.json)
     if args.quick:

@@ -461,7 +461,7 @@ def run_queue_wait(pid: int) -> float | None:
         return None
 
 
-def _raise_file_limit() -> None:
+def raise_file_limit() -> None:
     with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
 
@@ -475,7 +475,7 @@ def worker_main(layout: Layout, indexes: list[int], pipe: Connection, cpus: list
     if cpus:
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setaffinity(0, cpus)
-    _raise_file_limit()
+    raise_file_limit()
     run: Callable[[Any], Any] = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop
