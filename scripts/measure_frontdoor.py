@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 async def rss_of_stalled_joiners(kind: str, env: dict[str, str]) -> str:
     import aiohttp
     from tests.helpers import new_id, spawn_asgi_server, spawn_server
-    from tests.security.support import TS, RawWebSocket, frame, rss_kib
+    from tests.security.support import RawWebSocket, fill_over_http, frame, rss_kib
 
     key = "k" * 32
     # A 6 MB document needs a larger per-document budget than the default, where it exists.
@@ -45,19 +45,7 @@ async def rss_of_stalled_joiners(kind: str, env: dict[str, str]) -> str:
     raws: list[RawWebSocket] = []
     try:
         doc = new_id()
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
-            for i in range(600):
-                body = frame(
-                    "Annotation",
-                    document_id=doc,
-                    user_id=new_id(),
-                    position={"line": i, "column": 0},
-                    content="a" * 10_000,
-                    timestamp=TS,
-                )
-                url = f"{server.http}/api/documents/{doc}/messages"
-                async with http.post(url, data=body) as response:
-                    assert response.status == 202, await response.text()
+        await fill_over_http(server.http, key, doc, 600, 10_000)
         await asyncio.sleep(0.5)
         before = rss_kib(server.proc.pid)
         for _ in range(10):
@@ -87,9 +75,8 @@ def _ts(entry: dict[str, str]) -> float:
 
 
 async def ping_timeout_to_leave(env: dict[str, str], trials: int = 5) -> str:
-    import aiohttp
     from tests.helpers import new_id, spawn_server
-    from tests.security.support import TS, RawWebSocket, frame
+    from tests.security.support import RawWebSocket, fill_over_http, frame
 
     from cpc_signaling.client import Client
     from cpc_signaling.protocol import LeaveDocument
@@ -100,19 +87,7 @@ async def ping_timeout_to_leave(env: dict[str, str], trials: int = 5) -> str:
     out = []
     try:
         doc = new_id()
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
-            for i in range(300):  # 3 MB: the stalled member's socket is full
-                body = frame(
-                    "Annotation",
-                    document_id=doc,
-                    user_id=new_id(),
-                    position={"line": i, "column": 0},
-                    content="a" * 10_000,
-                    timestamp=TS,
-                )
-                url = f"{server.http}/api/documents/{doc}/messages"
-                async with http.post(url, data=body) as response:
-                    assert response.status == 202
+        await fill_over_http(server.http, key, doc, 300, 10_000)  # 3 MB: fills its socket
         for _ in range(trials):
             async with Client(server.url, new_id(), reconnect=False) as watcher:
                 await watcher.join(doc)
