@@ -3,9 +3,13 @@
     .venv/bin/python -m tests.redis.measure [--messages 2000] [--crashes 3]
 
 Default server settings (heartbeat 2 s, instance timeout 6 s), loopback, a
-private redis-server. Prints cross-instance delivery latency (one message at a
-time, so no queueing), crash-to-leave time after kill -9, and the time to heal
-after Redis is killed, kept down for 10 s, and restarted empty.
+private redis-server. Prints Redis's cost per flush by its shape (``script``),
+the flush throughput of one writer, cross-instance delivery latency (one
+message at a time, so no queueing), crash-to-leave time after kill -9, and the
+time to heal after Redis is killed, kept down for 10 s, and restarted empty.
+``--only NAME`` (repeatable) runs some of them: script, throughput, latency,
+crash, heal. Pin it to one core (``taskset -c 0``) to measure Redis sharing a
+core with its client, as in the bench's rig.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import os
 import signal
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 from cpc_signaling.client import Client
 from cpc_signaling.protocol import CursorUpdate, JoinDocument, LeaveDocument
@@ -186,19 +192,146 @@ async def throughput(redis: RedisServer, count: int) -> None:
     conn.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _same(command: bytes, _: int) -> bytes:
+    return command
+
+
+async def script_cost(redis: RedisServer, count: int) -> None:
+    """What one FLUSH costs Redis by its shape: documents per flush x cursor events
+    per document, each document followed by a second instance (so the script
+    publishes a batch to it, as between two instances). Prints the script's own
+    time (INFO commandstats) and Redis's CPU time (/proc) per flush; an empty
+    script with the same arguments and four plain calls give the floor."""
+    import secrets
+
+    import hiredis
+
+    from cpc_signaling.backends.redis.options import NodeAddress
+    from cpc_signaling.backends.redis.resp import Connection
+    from cpc_signaling.backends.redis.store import Limits, RedisStore
+    from cpc_signaling.backends.redis.wire import Channels
+    from cpc_signaling.core import Event, Joined, Relayed
+    from cpc_signaling.protocol import Position, encode
+
+    stores: list[tuple[Connection, RedisStore]] = []
+    for instance in ("m0", "m1"):
+        conn = await Connection.open(NodeAddress.parse(redis.url), name=instance)
+        store = RedisStore(
+            conn,
+            prefix="cost",
+            channels=Channels("cost", 0),
+            instance_id=instance,
+            limits=Limits(),
+        )
+        await store.load_scripts()
+        await store.register(secrets.token_hex(8), "", 600.0)
+        stores.append((conn, store))
+    conn, store = stores[0]
+    docs = [new_id() for _ in range(100)]
+    users = [[new_id() for _ in range(5)] for _ in docs]
+    await store.commit(
+        [(d, Joined(f"m0/{n}.{u}", users[n][u])) for n, d in enumerate(docs) for u in range(5)]
+    )
+    for d in docs:
+        await stores[1][1].follow(d)
+    events: list[list[Event]] = [
+        [
+            Relayed(
+                f"m0/{n}.{u}",
+                users[n][u],
+                "CursorUpdate",
+                encode(
+                    CursorUpdate(
+                        document_id=d,
+                        user_id=users[n][u],
+                        position=Position(line=1, column=2),
+                        timestamp="2026-01-01T00:00:00Z",
+                    )
+                ),
+            )
+            for u in range(5)
+        ]
+        for n, d in enumerate(docs)
+    ]
+    info = (await conn.call("INFO", "server")).decode()
+    pid = int(info.split("process_id:")[1].split()[0])
+
+    async def run(label: str, packed: Callable[[int], bytes]) -> None:
+        await conn.call("CONFIG", "RESETSTAT")
+        cpu = _cpu_seconds(pid)
+        for sent in range(count):
+            conn.send_packed(packed(sent), lambda reply: None)
+            if sent % 8 == 0:
+                await conn.call("PING")  # at most 8 flushes in flight
+        await conn.call("PING")
+        cpu = _cpu_seconds(pid) - cpu
+        stats = (await conn.call("INFO", "commandstats")).decode()
+        usec = next(
+            float(line.split("usec=")[1].split(",")[0])
+            for line in stats.splitlines()
+            if line.startswith("cmdstat_evalsha")
+        )
+        print(
+            f"{label}: script {usec / count:.1f} us, Redis CPU {cpu / count * 1e6:.1f} us per call"
+        )
+
+    args = ("cost", "cost:db0", *(["x"] * 13))
+    floor = {
+        "an empty script": "return 1",
+        "four plain calls": "redis.call('GET', 'a') redis.call('HMGET', 'h', 's', 'f', 'c:x') "
+        "redis.call('HSET', 'h', 'p:x', ARGV[3]) redis.call('PUBLISH', 'c', ARGV[4]) return 1",
+    }
+    for label, body in floor.items():
+        sha = (await conn.call("SCRIPT", "LOAD", body)).decode()
+        command: bytes = hiredis.pack_command(("EVALSHA", sha, 0, *args))
+        await run(f"{label:>34}", partial(_same, command))
+    for per_flush, per_doc in ((1, 1), (2, 1), (3, 1), (1, 3), (8, 2)):
+
+        def flush(sent: int, per_flush: int = per_flush, per_doc: int = per_doc) -> bytes:
+            groups: dict[str, list[Event]] = {}
+            for j in range(per_flush):
+                n = (sent * per_flush + j) % len(docs)
+                groups[docs[n]] = events[n][:per_doc]
+            return store.pack_flush(sent, groups)
+
+        await run(f"a flush of {per_flush} documents x {per_doc} events", flush)
+    for c, _ in stores:
+        c.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--crashes", type=int, default=3)
     parser.add_argument("--down-for", type=float, default=10.0)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["script", "throughput", "latency", "crash", "heal"],
+        help="run only these measurements (repeatable; default: all)",
+    )
     args = parser.parse_args()
+    only = set(args.only or ["script", "throughput", "latency", "crash", "heal"])
     redis = RedisServer()
     redis.start()
     try:
-        await throughput(redis, 50_000)
-        await latency(redis, args.messages)
-        await crash(redis, args.crashes)
-        await heal(redis, args.down_for)
+        if "script" in only:
+            await script_cost(redis, 10_000)
+        if "throughput" in only:
+            await throughput(redis, 50_000)
+        if "latency" in only:
+            await latency(redis, args.messages)
+        if "crash" in only:
+            await crash(redis, args.crashes)
+        if "heal" in only:
+            await heal(redis, args.down_for)
     finally:
         redis.close()
 
