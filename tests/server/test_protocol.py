@@ -77,7 +77,7 @@ async def test_snapshot_and_ack_then_live_traffic(server: RunningServer) -> None
         ('{"Nope": {}}', "Nope"),
         ('{"Error": {"code": "X", "message": "y"}}', "Error"),
         (frame("JoinDocument", document_id="x", user_id="y"), "JoinDocument.document_id"),
-        (frame("JoinDocument", document_id=new_id()), "user_id"),
+        (frame("JoinDocument", document_id="6f1c0a52-3b7e-4d2a-9c1e-0d5b8e7a4f10"), "user_id"),
     ],
 )
 async def test_bad_frames_get_parse_error_and_connection_stays_usable(
