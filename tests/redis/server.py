@@ -36,11 +36,25 @@ class RedisServer:
             )
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        # A port picked here may be taken before redis-server binds it (tests run in
+        # parallel workers): the first start then moves to another free port.
+        self._may_move = port is None
         self.proc: subprocess.Popen[bytes] | None = None
         self.args = list(args)  # more redis-server options
         self._dir = tempfile.mkdtemp(prefix="cpc-redis-")
 
     def start(self, timeout: float = 10.0) -> None:
+        for _ in range(5 if self._may_move else 1):
+            if self._start(timeout):
+                self._may_move = False
+                return
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+        assert self.proc is not None
+        raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+
+    def _start(self, timeout: float) -> bool:
+        """Start it; False if it exited at once (its port taken)."""
         self.proc = subprocess.Popen(
             [
                 REDIS_SERVER,
@@ -58,14 +72,24 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                return False
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s,
             ):
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
+                # Ours, not another worker's redis-server on a port both picked.
+                s.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+                if f"process_id:{self.proc.pid}\r\n".encode() in reply:
+                    return True
+                if b"process_id:" in reply:
+                    self.proc.wait(5)  # another's: ours cannot bind; it exits
+                    return False
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
 
