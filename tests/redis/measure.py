@@ -17,14 +17,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
+import hiredis
+
+from cpc_signaling.backends.redis.options import NodeAddress
+from cpc_signaling.backends.redis.resp import Connection
+from cpc_signaling.backends.redis.store import Limits, RedisStore
+from cpc_signaling.backends.redis.wire import Channels
 from cpc_signaling.client import Client
-from cpc_signaling.protocol import CursorUpdate, JoinDocument, LeaveDocument
+from cpc_signaling.core import Event, Joined, Relayed
+from cpc_signaling.protocol import CursorUpdate, JoinDocument, LeaveDocument, Position, encode
 
 from ..helpers import ServerProcess, new_id, receive_until, spawn_server
 from .cluster import wait_ready
@@ -132,17 +140,28 @@ async def heal(redis: RedisServer, down_for: float) -> None:
         stop(servers)
 
 
+async def _pipelined(conn: Connection, commands: Iterable[bytes]) -> None:
+    """Send packed commands, at most 8 in flight, and wait for the last."""
+    for sent, packed in enumerate(commands):
+        conn.send_packed(packed, lambda reply: None)
+        if sent % 8 == 7:
+            await conn.call("PING")
+    await conn.call("PING")
+
+
+async def _script_usec(conn: Connection) -> float:
+    """Microseconds Redis spent in EVALSHA since the last CONFIG RESETSTAT."""
+    info = (await conn.call("INFO", "commandstats")).decode()
+    return next(
+        float(line.split("usec=")[1].split(",")[0])
+        for line in info.splitlines()
+        if line.startswith("cmdstat_evalsha")
+    )
+
+
 async def throughput(redis: RedisServer, count: int) -> None:
     """Flushes of cursor moves on one Redis (one writer, pipelined like the backend):
     events/s, and Redis CPU per event (INFO commandstats) by flush size."""
-    import secrets
-
-    from cpc_signaling.backends.redis.options import NodeAddress
-    from cpc_signaling.backends.redis.resp import Connection
-    from cpc_signaling.backends.redis.store import Limits, RedisStore
-    from cpc_signaling.backends.redis.wire import Channels
-    from cpc_signaling.core import Event, Joined, Relayed
-    from cpc_signaling.protocol import Position, encode
 
     conn = await Connection.open(NodeAddress.parse(redis.url), name="measure")
     store = RedisStore(
@@ -167,24 +186,19 @@ async def throughput(redis: RedisServer, count: int) -> None:
     for size in (1, 8, 64):
         await conn.call("CONFIG", "RESETSTAT")
         t0 = time.perf_counter()
-        for sent, start in enumerate(range(0, count, size), 1):
+
+        def flush(start: int, size: int = size) -> bytes:
             groups: dict[str, list[Event]] = {}
             for i in range(start, min(start + size, count)):
                 n = i % len(docs)
                 groups.setdefault(docs[n], []).append(
                     Relayed(f"m0/{n}", users[n], "CursorUpdate", frames[n])
                 )
-            conn.send_packed(store.pack_flush(start, groups), lambda reply: None)
-            if sent % 8 == 0:
-                await conn.call("PING")  # at most 8 flushes in flight
-        await conn.call("PING")
+            return store.pack_flush(start, groups)
+
+        await _pipelined(conn, map(flush, range(0, count, size)))
         elapsed = time.perf_counter() - t0
-        info = (await conn.call("INFO", "commandstats")).decode()
-        usec = next(
-            float(line.split("usec=")[1].split(",")[0])
-            for line in info.splitlines()
-            if line.startswith("cmdstat_evalsha")
-        )
+        usec = await _script_usec(conn)
         print(
             f"flushes of {size:>2} cursor events: {count / elapsed:,.0f} events/s, "
             f"Redis {usec / count:.2f} us per event"
@@ -209,16 +223,6 @@ async def script_cost(redis: RedisServer, count: int) -> None:
     publishes a batch to it, as between two instances). Prints the script's own
     time (INFO commandstats) and Redis's CPU time (/proc) per flush; an empty
     script with the same arguments and four plain calls give the floor."""
-    import secrets
-
-    import hiredis
-
-    from cpc_signaling.backends.redis.options import NodeAddress
-    from cpc_signaling.backends.redis.resp import Connection
-    from cpc_signaling.backends.redis.store import Limits, RedisStore
-    from cpc_signaling.backends.redis.wire import Channels
-    from cpc_signaling.core import Event, Joined, Relayed
-    from cpc_signaling.protocol import Position, encode
 
     stores: list[tuple[Connection, RedisStore]] = []
     for instance in ("m0", "m1"):
@@ -266,18 +270,9 @@ async def script_cost(redis: RedisServer, count: int) -> None:
     async def run(label: str, packed: Callable[[int], bytes]) -> None:
         await conn.call("CONFIG", "RESETSTAT")
         cpu = _cpu_seconds(pid)
-        for sent in range(count):
-            conn.send_packed(packed(sent), lambda reply: None)
-            if sent % 8 == 0:
-                await conn.call("PING")  # at most 8 flushes in flight
-        await conn.call("PING")
+        await _pipelined(conn, map(packed, range(count)))
         cpu = _cpu_seconds(pid) - cpu
-        stats = (await conn.call("INFO", "commandstats")).decode()
-        usec = next(
-            float(line.split("usec=")[1].split(",")[0])
-            for line in stats.splitlines()
-            if line.startswith("cmdstat_evalsha")
-        )
+        usec = await _script_usec(conn)
         print(
             f"{label}: script {usec / count:.1f} us, Redis CPU {cpu / count * 1e6:.1f} us per call"
         )
