@@ -4,8 +4,15 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from .helpers import SERVER_KINDS, RunningServer
+
+# Property tests check what happens, not how fast: no per-example deadline and no
+# "too slow" health check, which a loaded machine (or two test workers sharing two
+# cores) trips on the deep-nesting examples. Speed is the benchmark's business.
+settings.register_profile("cpc", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cpc")
 
 ServerFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningServer]]
 
