@@ -16,8 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..core import Hub, Send
-from ..protocol import Error, encode
+from ..core import Hub
 from .config import Config
 from .guard import Guard, Refusal
 from .metrics import Metrics
@@ -36,6 +35,7 @@ class Admission:
         "_guard",
         "_hub",
         "_metrics",
+        "_send_error",
         "keep_claims",
         "sessions",
         "sockets",
@@ -48,12 +48,14 @@ class Admission:
         hub: Hub[Peer],
         metrics: Metrics,
         expire: Callable[[Session], None],
+        send_error: Callable[[Peer, str, str], None],
     ) -> None:
         self._config = config
         self._guard = guard
         self._hub = hub
         self._metrics = metrics
         self._expire = expire  # called when an open connection's token expires
+        self._send_error = send_error  # the service's: counted, then delivered
         self.keep_claims = False  # keep the token's claims on the session (for a join hook)
         self.sessions: dict[str, Session] = {}  # connection id -> its session, until let go
         self.sockets: set[str] = set()  # connection ids whose socket is still open
@@ -66,9 +68,7 @@ class Admission:
         """
         verdict = self._guard.admit(token, len(self.sockets))
         if isinstance(verdict, Refusal):
-            self._metrics.errors.labels(verdict.code).inc()
-            frame = encode(Error(code=verdict.code, message=verdict.message))
-            peer.deliver(Send((peer,), (frame,), "Error"))
+            self._send_error(peer, verdict.code, verdict.message)
             self._metrics.closes.labels(verdict.reason).inc()
             peer.close(verdict.close_code, verdict.message)
             return None

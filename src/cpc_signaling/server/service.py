@@ -91,7 +91,9 @@ class Service:
         self.api = ServerApi(self, self.hub, self.following, self.decoder, self.hooks, self.metrics)
         self.tally = Tally(self.metrics)
         self.guard = Guard(config, self.metrics)  # auth and connection caps
-        self.admission = Admission(config, self.guard, self.hub, self.metrics, self._expire)
+        self.admission = Admission(
+            config, self.guard, self.hub, self.metrics, self._expire, self.send_error
+        )
         self.admission.keep_claims = self.hooks.authorizer is not None
         # Connections not let go yet (the per-user cap), sockets still open (--max-connections).
         self.sessions, self.sockets = self.admission.sessions, self.admission.sockets
