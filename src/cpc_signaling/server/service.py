@@ -95,8 +95,8 @@ class Service:
             config, self.guard, self.hub, self.metrics, self._expire, self.send_error
         )
         self.admission.keep_claims = self.hooks.authorizer is not None
-        # Connections not let go yet (the per-user cap), sockets still open (--max-connections).
-        self.sessions, self.sockets = self.admission.sessions, self.admission.sockets
+        # Connections not let go yet (drain, the server API's disconnect).
+        self.sessions = self.admission.sessions
         self.draining = False
         self._fanout_sample = 0
         self.metrics.watch(self._live_metrics)
