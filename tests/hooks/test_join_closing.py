@@ -19,7 +19,7 @@ import websockets
 from cpc_signaling.protocol import JoinDocument
 
 from ..conftest import ServerFactory
-from ..helpers import TIMEOUT, new_id, receive_until
+from ..helpers import TIMEOUT, new_id, receive_until, until
 from ..redis.server import RedisServer, redis_server
 from ..security.support import frame
 from .receiver import Answer, receiving
@@ -63,6 +63,7 @@ async def test_a_join_checked_after_its_connection_started_closing_is_never_anno
                 assert ws.close_code == 1008
         hook.answer = lambda i, r: Answer(200)
         gate.set()
+        await until(lambda: not server.service.joining.checks)  # the ghost's "allow" is handled
         async with server.client(reconnect=False) as late:
             snapshot = await late.join(doc)
             got = await receive_until(
