@@ -40,7 +40,6 @@ async def two_instances(redis: RedisServer) -> AsyncIterator[tuple[RunningServer
     async with running_server(**options) as a, running_asgi_server(**options) as b:
         for srv in (a, b):
             assert srv.service.ready
-            await until(lambda srv=srv: srv.service.ready)  # type: ignore[misc]
         yield a, b
 
 
