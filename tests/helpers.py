@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import inspect
 import os
 import pathlib
 import re
@@ -272,9 +273,15 @@ async def receive_until(client: Client, predicate: Any, timeout: float = TIMEOUT
 
 async def until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> None:
     """Wait for ``predicate()`` to hold: state with no event to await (the server's own
-    counters and maps, the kernel's socket table, another process's metrics)."""
+    counters and maps, the kernel's socket table, another process's metrics: a
+    predicate may return an awaitable, awaited each time)."""
     async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
+        while True:
+            held = predicate()
+            if inspect.isawaitable(held):
+                held = await held
+            if held:
+                return
             await asyncio.sleep(0.02)
 
 

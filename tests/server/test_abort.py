@@ -23,6 +23,7 @@ import socket
 import ssl
 import struct
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -71,6 +72,21 @@ def tcp_entries(local_port: int, remote_port: int) -> list[tuple[str, int]]:
     return found
 
 
+async def freed_at_once(port: int, client_port: int) -> None:
+    """The server's socket to ``client_port`` is gone from the kernel within a second:
+    reset, no orphan in FIN-WAIT-1 keeping its unsent data."""
+    try:
+        await until(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
+    except TimeoutError:
+        raise AssertionError(
+            f"still held by the kernel (state, send queue): {tcp_entries(port, client_port)}"
+        ) from None
+
+
+async def _at_least_one(value: Awaitable[float]) -> bool:
+    return await value >= 1
+
+
 async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
     """A real process: a member that never reads nor answers pings is closed (1011),
     its closing handshake never finishes, and its socket is aborted after 2 s; no socket
@@ -91,16 +107,12 @@ async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
         # Its snapshot sits in the server's kernel send buffer.
         await until(lambda: any(q > 0 for _, q in tcp_entries(port, client_port)))
         # Ping timeout, then the close deadline: aborted.
-        async with asyncio.timeout(1.0 + CLOSE_TIMEOUT + TIMEOUT):
-            while await metric(server.http, "cpc_close_timeouts_total") < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)  # another process's counter: polled
+        await until(
+            lambda: _at_least_one(metric(server.http, "cpc_close_timeouts_total")),
+            1.0 + CLOSE_TIMEOUT + TIMEOUT,
+        )
         # Reset at once: no orphan in FIN-WAIT-1 keeping the unsent snapshot.
-        try:
-            await until(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
-        except TimeoutError:
-            raise AssertionError(
-                f"still held by the kernel (state, send queue): {tcp_entries(port, client_port)}"
-            ) from None
+        await freed_at_once(port, client_port)
         assert server.proc.poll() is None
     finally:
         if raw is not None:
@@ -131,12 +143,7 @@ async def test_in_process_an_aborted_socket_is_reset() -> None:
                 )
                 aborted = srv.service.metrics.close_timeouts
                 await until(lambda: aborted._value.get() == 1, CLOSE_TIMEOUT + TIMEOUT)
-                try:
-                    await until(lambda: not tcp_entries(port, client_port), 1.0 * UNIT)
-                except TimeoutError:
-                    raise AssertionError(
-                        f"still held by the kernel: {tcp_entries(port, client_port)}"
-                    ) from None
+                await freed_at_once(port, client_port)
             finally:
                 raw.close()
 
@@ -241,11 +248,12 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
                     got.append(await read_json(watcher))
                 assert await disconnect() == 0  # during its close: nothing more to end
                 # Given up on 2 s after the decision; then its handler ends.
-                async with asyncio.timeout(CLOSE_TIMEOUT + TIMEOUT):
-                    while not any(  # noqa: ASYNC110
+                await until(
+                    lambda: any(
                         stalled in line and line.rstrip().endswith(" gone") for line in server.lines
-                    ):
-                        await asyncio.sleep(0.05)
+                    ),
+                    CLOSE_TIMEOUT + TIMEOUT,
+                )
                 # Whatever the server sent the watcher about it came before this echo.
                 await watcher.send_str(
                     frame("LeaveDocument", document_id=doc, user_id=watcher_user)
