@@ -18,9 +18,11 @@ import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cpc_signaling.client import Client
+from cpc_signaling.protocol import JoinDocument
 from cpc_signaling.tokens import mint_token
 
-from ..helpers import TIMEOUT, new_id
+from ..helpers import TIMEOUT, new_id, receive_until
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TS = "2023-01-01T00:00:00Z"
@@ -253,3 +255,19 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+async def raw_member(
+    url: str, watcher: Client, doc: str, user: str, *, path_query: str = ""
+) -> RawWebSocket:
+    """A :class:`RawWebSocket` (4 KiB receive buffer, read only when the test reads) that
+    joined ``doc`` as ``user``: returned once ``watcher`` saw the join. Closed if that
+    fails; else the caller closes it."""
+    raw = await RawWebSocket.connect(url, path_query=path_query)
+    try:
+        await raw.send_text(frame("JoinDocument", document_id=doc, user_id=user))
+        await receive_until(watcher, lambda m: m == JoinDocument(document_id=doc, user_id=user))
+    except BaseException:
+        raw.close()
+        raise
+    return raw

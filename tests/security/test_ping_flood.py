@@ -23,7 +23,7 @@ import struct
 import time
 
 from cpc_signaling.client import Client
-from cpc_signaling.protocol import JoinDocument, LeaveDocument
+from cpc_signaling.protocol import LeaveDocument
 
 from ..helpers import (
     UNIT,
@@ -33,7 +33,7 @@ from ..helpers import (
     running_asgi_server,
     spawn_server,
 )
-from .support import RawWebSocket, frame, rss_kib
+from .support import RawWebSocket, raw_member, rss_kib
 
 REPORT = os.environ.get("CPC_SECURITY_REPORT") == "1"
 # 125 bytes: the largest payload a control frame may carry (RFC 6455 §5.5).
@@ -70,11 +70,7 @@ async def test_a_ping_flood_that_never_reads_is_closed_and_leaves() -> None:
         doc, flooder = new_id(), new_id()
         async with Client(server.url, new_id()) as watcher:
             await watcher.join(doc)
-            raw = await RawWebSocket.connect(server.url)  # 4 KiB receive buffer, never read
-            await raw.send_text(frame("JoinDocument", document_id=doc, user_id=flooder))
-            await receive_until(
-                watcher, lambda m: m == JoinDocument(document_id=doc, user_id=flooder)
-            )
+            raw = await raw_member(server.url, watcher, doc, flooder)  # never read
             pid = server.proc.pid
             before = rss_kib(pid)
             sent = await flood(raw, PINGS)
@@ -116,12 +112,8 @@ async def test_under_asgi_a_ping_flood_is_the_hosts_and_its_member_still_leaves(
         doc, flooder = new_id(), new_id()
         async with server.client() as watcher:
             await watcher.join(doc)
-            raw = await RawWebSocket.connect(server.url)
+            raw = await raw_member(server.url, watcher, doc, flooder)
             try:
-                await raw.send_text(frame("JoinDocument", document_id=doc, user_id=flooder))
-                await receive_until(
-                    watcher, lambda m: m == JoinDocument(document_id=doc, user_id=flooder)
-                )
                 await flood(raw, 50_000)  # 6 MB of pongs owed: its socket is full
                 service = server.service
                 started = time.monotonic()

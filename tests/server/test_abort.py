@@ -44,7 +44,7 @@ from ..helpers import (
     spawn_server,
     until,
 )
-from ..security.support import RawWebSocket, fill_over_http, frame, read_json
+from ..security.support import RawWebSocket, fill_over_http, frame, raw_member, read_json
 from ..security.test_tls import self_signed
 from .test_closing import fill
 
@@ -128,14 +128,10 @@ async def test_in_process_an_aborted_socket_is_reset() -> None:
         port = int(srv.http.rsplit(":", 1)[1])
         async with srv.client() as watcher:
             await watcher.join(doc)
-            raw = await RawWebSocket.connect(srv.url)
-            client_port = raw.sock.getsockname()[1]
             stalled = new_id()
+            raw = await raw_member(srv.url, watcher, doc, stalled)
+            client_port = raw.sock.getsockname()[1]
             try:
-                await raw.send_text(frame("JoinDocument", document_id=doc, user_id=stalled))
-                await receive_until(
-                    watcher, lambda m: m == JoinDocument(document_id=doc, user_id=stalled)
-                )
                 await receive_until(
                     watcher,
                     lambda m: m == LeaveDocument(document_id=doc, user_id=stalled),
@@ -299,12 +295,8 @@ async def test_a_second_end_during_a_close_is_nothing(
         fill(service, doc, 3 << 20)
         async with srv.client() as watcher:
             await watcher.join(doc)
-            raw = await RawWebSocket.connect(srv.url)
+            raw = await raw_member(srv.url, watcher, doc, stalled)
             try:
-                await raw.send_text(frame("JoinDocument", document_id=doc, user_id=stalled))
-                await receive_until(
-                    watcher, lambda m: m == JoinDocument(document_id=doc, user_id=stalled)
-                )
                 assert await service.disconnect(stalled) == 1
                 got = await receive_until(
                     watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=stalled)

@@ -17,7 +17,7 @@ from cpc_signaling.tokens import mint_token
 
 from ..conftest import ServerFactory
 from ..helpers import TIMEOUT, RunningServer, new_id, receive_until, running_server, until
-from ..security.support import RawWebSocket, frame
+from ..security.support import RawWebSocket, raw_member
 
 SECRET = "s" * 40
 
@@ -29,9 +29,7 @@ async def kill_by_error_budget(srv: RunningServer, doc: str, user: str, token: s
     watcher = srv.client(watcher_user, token=mint_token(sub=watcher_user, secret=SECRET))
     async with watcher:
         await watcher.join(doc)
-        raw = await RawWebSocket.connect(srv.url, path_query=f"?token={token}")
-        await raw.send_text(frame("JoinDocument", document_id=doc, user_id=user))
-        await receive_until(watcher, lambda m: m == JoinDocument(document_id=doc, user_id=user))
+        raw = await raw_member(srv.url, watcher, doc, user, path_query=f"?token={token}")
         for _ in range(21):
             await raw.send_text("garbage")
         await receive_until(watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=user))

@@ -19,14 +19,14 @@ import time
 import pytest
 import websockets
 
-from cpc_signaling.protocol import Annotation, JoinDocument, LeaveDocument, Position
+from cpc_signaling.protocol import Annotation, LeaveDocument, Position
 from cpc_signaling.server.frontdoor import CLOSE_TIMEOUT
 from cpc_signaling.server.service import Service
 from cpc_signaling.tokens import mint_token
 
 from ..conftest import ServerFactory
 from ..helpers import TIMEOUT, UNIT, new_id, receive_until, until
-from ..security.support import RawWebSocket, frame
+from ..security.support import frame, raw_member
 
 SECRET = "s" * 40
 TS = "2026-01-01T00:00:00Z"
@@ -58,12 +58,8 @@ async def test_a_member_that_never_reads_nor_answers_pings_is_announced_gone(
         fill(srv.service, doc, 3 << 20)  # its snapshot alone fills every buffer on the way
         async with srv.client() as watcher:
             await watcher.join(doc)
-            raw = await RawWebSocket.connect(srv.url)  # 4 KiB receive buffer, never read
             stalled = new_id()
-            await raw.send_text(frame("JoinDocument", document_id=doc, user_id=stalled))
-            await receive_until(
-                watcher, lambda m: m == JoinDocument(document_id=doc, user_id=stalled)
-            )
+            raw = await raw_member(srv.url, watcher, doc, stalled)  # never read
             joined = time.monotonic()
             await receive_until(
                 watcher,
@@ -94,11 +90,7 @@ async def test_a_stalled_member_whose_token_expires_is_announced_gone_at_once(
             await watcher.join(doc)
             exp = int(time.time()) + 2
             short = mint_token(sub=stalled, secret=SECRET, now=exp - 60, ttl=60)
-            raw = await RawWebSocket.connect(srv.url, path_query=f"?token={short}")
-            await raw.send_text(frame("JoinDocument", document_id=doc, user_id=stalled))
-            await receive_until(
-                watcher, lambda m: m == JoinDocument(document_id=doc, user_id=stalled)
-            )
+            raw = await raw_member(srv.url, watcher, doc, stalled, path_query=f"?token={short}")
             await receive_until(
                 watcher,
                 lambda m: m == LeaveDocument(document_id=doc, user_id=stalled),
