@@ -12,14 +12,15 @@ events, and once nobody is there, the instance follows nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from cpc_signaling.protocol import CursorUpdate, JoinDocument
 
-from ..helpers import TIMEOUT, new_id, receive_until, running_server, until
+from ..helpers import TIMEOUT, UNIT, new_id, receive_until, running_server, until
 from ..security.support import RawWebSocket, frame
 from .server import RedisServer
 
-PAUSE_MS = 600
+PAUSE_MS = int(600 * UNIT)  # long enough for the steps below to run inside it
 
 
 async def redis_answers(redis: RedisServer) -> None:
@@ -50,9 +51,13 @@ async def test_attach_and_detach_of_one_document_never_overlap(redis: RedisServe
             await far.join(doc)  # the document lives on in Redis
             x_user, y_user = new_id(), new_id()
             redis.command("CLIENT", "PAUSE", str(PAUSE_MS), "ALL")
-            x = await RawWebSocket.connect(one.url)
-            y = await RawWebSocket.connect(one.url)
+            paused = time.monotonic()
+            raws: list[RawWebSocket] = []
             try:
+                x = await RawWebSocket.connect(one.url)
+                raws.append(x)
+                y = await RawWebSocket.connect(one.url)
+                raws.append(y)
                 # X joins: its attach waits on Redis...
                 await x.send_text(frame("JoinDocument", document_id=doc, user_id=x_user))
                 await until(lambda: hub.local_refs.get(doc) == 1)
@@ -64,10 +69,13 @@ async def test_attach_and_detach_of_one_document_never_overlap(redis: RedisServe
                 await until(lambda: hub.local_refs.get(doc) == 1)
                 assert service.disconnect_local(y_user, "bye") == 1
                 await until(lambda: doc not in hub.local_refs)
+                # All of it decided while Redis was still paused (else no race was set up).
+                elapsed = time.monotonic() - paused
+                assert elapsed < PAUSE_MS / 1000, f"{elapsed:.2f} s: set CPC_TEST_TIMEOUT_UNIT"
                 await redis_answers(redis)  # the pause is over: it all runs now
             finally:
-                x.close()
-                y.close()
+                for raw in raws:
+                    raw.close()
 
             # A later member is followed: it gets the document's events...
             async with one.client() as z:
