@@ -27,16 +27,24 @@ async def kill_by_error_budget(srv: RunningServer, doc: str, user: str, token: s
     its peer never reads nor answers the close; returns once its leave was announced."""
     watcher_user = new_id()
     watcher = srv.client(watcher_user, token=mint_token(sub=watcher_user, secret=SECRET))
-    async with watcher:
-        await watcher.join(doc)
-        raw = await raw_member(srv.url, watcher, doc, user, path_query=f"?token={token}")
-        for _ in range(21):
-            await raw.send_text("garbage")
-        await receive_until(watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=user))
-    if srv.kind == "aiohttp":  # under ASGI the ASGI server owns the lingering socket
-        # The watcher is gone; the raw socket, never answering the close, still holds
-        # its slot: what follows happens while it lingers.
-        await until(lambda: len(srv.service.admission.sockets) == 1)
+    raw: RawWebSocket | None = None
+    try:
+        async with watcher:
+            await watcher.join(doc)
+            raw = await raw_member(srv.url, watcher, doc, user, path_query=f"?token={token}")
+            for _ in range(21):
+                await raw.send_text("garbage")
+            await receive_until(
+                watcher, lambda m: m == LeaveDocument(document_id=doc, user_id=user)
+            )
+        if srv.kind == "aiohttp":  # under ASGI the ASGI server owns the lingering socket
+            # The watcher is gone; the raw socket, never answering the close, still holds
+            # its slot: what follows happens while it lingers.
+            await until(lambda: len(srv.service.admission.sockets) == 1)
+    except BaseException:
+        if raw is not None:
+            raw.close()
+        raise
     return raw
 
 
