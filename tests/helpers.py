@@ -58,11 +58,16 @@ async def running_server(**overrides: Any) -> AsyncIterator[RunningServer]:
     ``CPC_TEST_TRANSPORT=asgi`` makes it the ASGI app under uvicorn instead: a
     parity run of every test over the other transport (docs/embedding.md).
     """
+    asgi = os.environ.get("CPC_TEST_TRANSPORT") == "asgi"
+    async with (running_asgi_server if asgi else running_aiohttp_server)(**overrides) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_aiohttp_server(**overrides: Any) -> AsyncIterator[RunningServer]:
+    """:func:`running_server` on aiohttp whatever ``CPC_TEST_TRANSPORT`` says: for what
+    only the standalone server owns (its sockets' aborts and slots)."""
     hooks: Hooks | None = overrides.pop("hooks", None)
-    if os.environ.get("CPC_TEST_TRANSPORT") == "asgi":
-        async with running_asgi_server(hooks=hooks, **overrides) as running:
-            yield running
-        return
     config = replace(Config(port=0), **overrides)
     service = Service(config, hooks=hooks)
     await service.start()

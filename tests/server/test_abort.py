@@ -40,7 +40,7 @@ from ..helpers import (
     metric,
     new_id,
     receive_until,
-    running_server,
+    running_aiohttp_server,
     spawn_server,
     until,
 )
@@ -122,7 +122,7 @@ async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
 
 async def test_in_process_an_aborted_socket_is_reset() -> None:
     """The same on the in-process server (asyncio's loop, not uvloop)."""
-    async with running_server(ping_interval=0.5, ping_timeout=0.5) as srv:
+    async with running_aiohttp_server(ping_interval=0.5, ping_timeout=0.5) as srv:
         doc = new_id()
         fill(srv.service, doc, 3 << 20)
         port = int(srv.http.rsplit(":", 1)[1])

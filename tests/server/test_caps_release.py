@@ -16,7 +16,7 @@ from cpc_signaling.protocol import JoinDocument, LeaveDocument
 from cpc_signaling.tokens import mint_token
 
 from ..conftest import ServerFactory
-from ..helpers import TIMEOUT, RunningServer, new_id, receive_until, running_server, until
+from ..helpers import TIMEOUT, RunningServer, new_id, receive_until, running_aiohttp_server, until
 from ..security.support import RawWebSocket, raw_member
 
 SECRET = "s" * 40
@@ -67,7 +67,7 @@ async def test_a_user_at_the_cap_reconnects_while_its_dead_connection_lingers(
 
 
 async def test_max_connections_counts_a_socket_lingering_in_its_closing_handshake() -> None:
-    async with running_server(jwt_secret=SECRET, max_connections=2) as srv:
+    async with running_aiohttp_server(jwt_secret=SECRET, max_connections=2) as srv:
         doc, user = new_id(), new_id()
         raw = await kill_by_error_budget(srv, doc, user, mint_token(sub=user, secret=SECRET))
         try:
