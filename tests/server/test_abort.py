@@ -44,7 +44,14 @@ from ..helpers import (
     spawn_server,
     until,
 )
-from ..security.support import RawWebSocket, fill_over_http, frame, raw_member, read_json
+from ..security.support import (
+    RawWebSocket,
+    fill_over_http,
+    frame,
+    join_raw,
+    raw_member,
+    read_json,
+)
 from ..security.test_tls import self_signed
 from .test_closing import fill
 
@@ -229,10 +236,7 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
                     return closed
 
             async with api.ws_connect(url) as watcher:
-                await watcher.send_str(frame("JoinDocument", document_id=doc, user_id=watcher_user))
-                ack = {"JoinDocument": {"document_id": doc, "user_id": watcher_user}}
-                while await read_json(watcher) != ack:
-                    pass
+                await join_raw(watcher, doc, watcher_user)
                 stalled_writer = await tls_stalled_join(port, doc, stalled)
                 joined = {"JoinDocument": {"document_id": doc, "user_id": stalled}}
                 while await read_json(watcher) != joined:
