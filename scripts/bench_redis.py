@@ -12,6 +12,9 @@ Rows, each on one core (servers and Redis pinned to CPU 0, the generator on the 
 
 * equal load: 100 x 10 at 25,000 deliveries/s and 1 x 100 at 100,000/s, 5 s, three
   repeats per run: server CPU per delivery (Redis included), p99, cross-instance p99;
+  and the same below saturation on a slow machine (100 x 10 at 10,000/s, 1 x 100 at
+  40,000/s): where the servers' core is saturated ("sat." counts those runs), the CPU
+  per delivery is the core's time over the deliveries, not a cost;
 * saturation: ``--find-max`` (p99 <= 50 ms, no loss) from 25,000/s (100 x 10) and
   60,000/s (1 x 100): the highest clean step;
 * targeting: ``--targeting 2,4,8``: Redis output bytes per event and per delivery.
@@ -36,8 +39,12 @@ W1 = ["--docs", "1", "--users", "100"]
 ROWS: dict[str, list[str]] = {
     "one 100x10 @25k": [*ONE, *W100, "--deliveries", "25000", "--duration", "5", "--repeat", "3"],
     "two 100x10 @25k": [*TWO, *W100, "--deliveries", "25000", "--duration", "5", "--repeat", "3"],
+    "one 100x10 @10k": [*ONE, *W100, "--deliveries", "10000", "--duration", "5", "--repeat", "3"],
+    "two 100x10 @10k": [*TWO, *W100, "--deliveries", "10000", "--duration", "5", "--repeat", "3"],
     "one 1x100 @100k": [*ONE, *W1, "--deliveries", "100000", "--duration", "5", "--repeat", "3"],
     "two 1x100 @100k": [*TWO, *W1, "--deliveries", "100000", "--duration", "5", "--repeat", "3"],
+    "one 1x100 @40k": [*ONE, *W1, "--deliveries", "40000", "--duration", "5", "--repeat", "3"],
+    "two 1x100 @40k": [*TWO, *W1, "--deliveries", "40000", "--duration", "5", "--repeat", "3"],
     "one 100x10 max": [*ONE, *W100, "--find-max", "--deliveries", "25000", "--duration", "4"],
     "two 100x10 max": [*TWO, *W100, "--find-max", "--deliveries", "25000", "--duration", "4"],
     "one 1x100 max": [*ONE, *W1, "--find-max", "--deliveries", "60000", "--duration", "4"],
@@ -109,9 +116,9 @@ def report(results: Results, labels: list[str]) -> None:
     print("\n## Equal load (median (range) over every repeat of every run)\n")
     print(
         "| row | us/delivery (Redis incl.) | same, quiet runs | p99 ms | cross p99 ms | lost | "
-        "redis % | other % | noisy | load |"
+        "redis % | core % | sat. | other % | noisy | load |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for key in results:
         rows = _steps(results, key)
         if "@" not in key or not rows:
@@ -125,6 +132,8 @@ def report(results: Results, labels: list[str]) -> None:
             f"| {span([r['cross_p99_ms'] for r in rows], '{:.2f}')} "
             f"| {sum(r['lost'] for r in rows)} "
             f"| {span([r['redis_cpu_pct'] for r in rows], '{:.0f}')} "
+            f"| {span([r.get('server_core_pct') for r in rows], '{:.0f}')} "
+            f"| {sum(1 for r in rows if r.get('server_saturated'))}/{len(rows)} "
             f"| {span([r['other_cpu_pct'] for r in rows], '{:.0f}')} "
             f"| {noisy}/{len(rows)} | {span([r['load_avg_1m'] for r in rows], '{:.2f}')} |"
         )
@@ -145,7 +154,12 @@ def report(results: Results, labels: list[str]) -> None:
         )
     print("\n## Two instances + Redis as a share of one instance (medians)\n")
     for label in labels:
-        for workload, load in (("100x10", "25k"), ("1x100", "100k")):
+        for workload, load in (
+            ("100x10", "25k"),
+            ("100x10", "10k"),
+            ("1x100", "100k"),
+            ("1x100", "40k"),
+        ):
             figures = []
             for what, pick in (("all runs", lambda r: True), ("quiet runs", quiet)):
                 cost = {

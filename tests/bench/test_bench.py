@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from cpc_signaling.bench.runner import Printer, Workload, summarize, verdict
 from cpc_signaling.bench.worker import Clock, Layout, Worker, client_frame
@@ -126,6 +127,28 @@ def test_table_has_every_figure() -> None:
     row["verdict"] = "ok"
     printer = Printer(as_json=False)
     printer.row(row)  # prints; the point is that it formats every column without error
+
+
+def test_a_saturated_core_is_marked(capsys: pytest.CaptureFixture[str]) -> None:
+    """Pinned servers whose CPU had no idle time left: their CPU per delivery is the
+    core's time over the deliveries, and the row says so (JSON and table)."""
+    busy = summarize(Workload(1, 2), 1.0, 5.0, [], server_cpu=4.4, other_server_cpu=0.3)
+    assert busy["server_core_pct"] == 94.0
+    assert busy["server_saturated"] is True
+    calm = summarize(Workload(1, 2), 1.0, 5.0, [], server_cpu=2.0, other_server_cpu=0.1)
+    assert (calm["server_core_pct"], calm["server_saturated"]) == (42.0, False)
+    # Not pinned (a server the bench did not spawn): how busy its CPU was is unknown.
+    free = summarize(Workload(1, 2), 1.0, 5.0, [], server_cpu=4.9)
+    assert (free["server_core_pct"], free["server_saturated"]) == (None, False)
+    printer = Printer(as_json=False)
+    for row in (calm, busy, busy):
+        row["verdict"] = "ok"
+        printer.row(row)
+    lines = capsys.readouterr().out.splitlines()
+    notes = [line for line in lines if line.startswith("# ^")]
+    assert len(notes) == 1, lines  # the note once, before the first marked row
+    rows = [line for line in lines if line.startswith("1x2")]
+    assert ["^" in line for line in rows] == [False, True, True]
 
 
 async def test_cli_against_a_real_server_process() -> None:

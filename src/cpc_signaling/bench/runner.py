@@ -380,7 +380,22 @@ def summarize(
     else:
         row["server_cpu_us_per_delivery"] = row["server_capacity_per_s"] = None
     row["generator_saturated"] = gen_cpu > 0.9 or row["generator_send_lag_ms"] > 100
+    # Pinned servers (--spawn): how busy their one CPU was while the load was sent
+    # (their Redis is in server_cpu; other processes included). Past SATURATED_PCT
+    # the core had no idle time left, so the servers' CPU per delivery is the core's
+    # time divided by the deliveries: it says how much was offered, not what a
+    # delivery costs (compare below saturation).
+    if other_server_cpu is not None and server_cpu is not None:
+        row["server_core_pct"] = round(100 * (server_cpu + other_server_cpu) / duration, 1)
+        row["server_saturated"] = row["server_core_pct"] >= SATURATED_PCT
+    else:
+        row["server_core_pct"] = None
+        row["server_saturated"] = False
     return row
+
+
+SATURATED_PCT = 90.0
+"""The pinned servers' CPU busy at least this much of a run: saturated (see summarize)."""
 
 
 def _noisy(row: dict[str, Any]) -> bool:
@@ -443,6 +458,7 @@ class Printer:
         self.as_json = as_json
         self.header_done = False
         self.noisy_noted = False
+        self.saturated_noted = False
 
     def row(self, row: dict[str, Any]) -> None:
         if row.get("noisy") and not self.noisy_noted:
@@ -453,6 +469,14 @@ class Printer:
                 "generator waited for a CPU over 10% of it: wall-clock figures understate "
                 "the server; us/deliv holds"
             )
+        if row.get("server_saturated") and not self.saturated_noted:
+            self.saturated_noted = True
+            self.note(
+                f"^ = the servers' CPU was busy over {SATURATED_PCT:.0f}% of the run (Redis "
+                "and other processes on it included): no idle time was left, so us/deliv "
+                "there is that CPU's time over the deliveries, not what a delivery costs; "
+                "compare costs at a load below saturation"
+            )
         if self.as_json:
             print(json.dumps(row), flush=True)
             return
@@ -462,6 +486,8 @@ class Printer:
             text = "-" if value is None else fmt.format(value)
             if key == "verdict" and row.get("noisy"):
                 text += "*"  # other load held a CPU: see the note
+            if key == "server_cpu_us_per_delivery" and row.get("server_saturated"):
+                text += "^"  # the core was saturated: see the note
             width = max(len(title), 9 if key != "workload" else 16)
             cells.append(text.rjust(width) if key != "workload" else text.ljust(width))
         if not self.header_done:
