@@ -30,6 +30,7 @@ from cpc_signaling.backends.redis.options import NodeAddress
 from cpc_signaling.backends.redis.resp import Connection
 from cpc_signaling.backends.redis.store import Limits, RedisStore
 from cpc_signaling.backends.redis.wire import Channels
+from cpc_signaling.bench.processes import proc_cpu
 from cpc_signaling.client import Client
 from cpc_signaling.core import Event, Joined, Relayed
 from cpc_signaling.protocol import CursorUpdate, JoinDocument, LeaveDocument, Position, encode
@@ -159,30 +160,38 @@ async def _script_usec(conn: Connection) -> float:
     )
 
 
+async def _registered(redis: RedisServer, prefix: str, instance: str) -> RedisStore:
+    """A store of ``instance`` on its own connection, its scripts loaded, registered."""
+    conn = await Connection.open(NodeAddress.parse(redis.url), name=instance)
+    store = RedisStore(
+        conn, prefix=prefix, channels=Channels(prefix, 0), instance_id=instance, limits=Limits()
+    )
+    await store.load_scripts()
+    await store.register(secrets.token_hex(8), "", 600.0)
+    return store
+
+
+def _cursor(doc: str, user: str) -> bytes:
+    """The frame of a cursor move of ``user`` in ``doc``."""
+    return encode(
+        CursorUpdate(
+            document_id=doc,
+            user_id=user,
+            position=Position(line=1, column=2),
+            timestamp="2026-01-01T00:00:00Z",
+        )
+    )
+
+
 async def throughput(redis: RedisServer, count: int) -> None:
     """Flushes of cursor moves on one Redis (one writer, pipelined like the backend):
     events/s, and Redis CPU per event (INFO commandstats) by flush size."""
-
-    conn = await Connection.open(NodeAddress.parse(redis.url), name="measure")
-    store = RedisStore(
-        conn, prefix="tput", channels=Channels("tput", 0), instance_id="m0", limits=Limits()
-    )
-    await store.load_scripts()
-    await store.register(secrets.token_hex(8), "", 60.0)
+    store = await _registered(redis, "tput", "m0")
+    conn = store.conn
     docs = [new_id() for _ in range(100)]
     users = [new_id() for _ in range(100)]
     await store.commit([(d, Joined(f"m0/{n}", users[n])) for n, d in enumerate(docs)])
-    frames = [
-        encode(
-            CursorUpdate(
-                document_id=d,
-                user_id=users[n],
-                position=Position(line=1, column=2),
-                timestamp="2026-01-01T00:00:00Z",
-            )
-        )
-        for n, d in enumerate(docs)
-    ]
+    frames = [_cursor(d, users[n]) for n, d in enumerate(docs)]
     for size in (1, 8, 64):
         await conn.call("CONFIG", "RESETSTAT")
         t0 = time.perf_counter()
@@ -206,13 +215,6 @@ async def throughput(redis: RedisServer, count: int) -> None:
     conn.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _same(command: bytes, _: int) -> bytes:
     return command
 
@@ -224,54 +226,32 @@ async def script_cost(redis: RedisServer, count: int) -> None:
     time (INFO commandstats) and Redis's CPU time (/proc) per flush; an empty
     script with the same arguments and four plain calls give the floor."""
 
-    stores: list[tuple[Connection, RedisStore]] = []
-    for instance in ("m0", "m1"):
-        conn = await Connection.open(NodeAddress.parse(redis.url), name=instance)
-        store = RedisStore(
-            conn,
-            prefix="cost",
-            channels=Channels("cost", 0),
-            instance_id=instance,
-            limits=Limits(),
-        )
-        await store.load_scripts()
-        await store.register(secrets.token_hex(8), "", 600.0)
-        stores.append((conn, store))
-    conn, store = stores[0]
+    store, other = await _registered(redis, "cost", "m0"), await _registered(redis, "cost", "m1")
+    conn = store.conn
     docs = [new_id() for _ in range(100)]
     users = [[new_id() for _ in range(5)] for _ in docs]
     await store.commit(
         [(d, Joined(f"m0/{n}.{u}", users[n][u])) for n, d in enumerate(docs) for u in range(5)]
     )
     for d in docs:
-        await stores[1][1].follow(d)
+        await other.follow(d)
     events: list[list[Event]] = [
         [
-            Relayed(
-                f"m0/{n}.{u}",
-                users[n][u],
-                "CursorUpdate",
-                encode(
-                    CursorUpdate(
-                        document_id=d,
-                        user_id=users[n][u],
-                        position=Position(line=1, column=2),
-                        timestamp="2026-01-01T00:00:00Z",
-                    )
-                ),
-            )
+            Relayed(f"m0/{n}.{u}", users[n][u], "CursorUpdate", _cursor(d, users[n][u]))
             for u in range(5)
         ]
         for n, d in enumerate(docs)
     ]
-    info = (await conn.call("INFO", "server")).decode()
-    pid = int(info.split("process_id:")[1].split()[0])
+    assert redis.proc is not None
+    pid = redis.proc.pid
 
     async def run(label: str, packed: Callable[[int], bytes]) -> None:
         await conn.call("CONFIG", "RESETSTAT")
-        cpu = _cpu_seconds(pid)
+        before = proc_cpu(pid)
         await _pipelined(conn, map(packed, range(count)))
-        cpu = _cpu_seconds(pid) - cpu
+        after = proc_cpu(pid)
+        assert before is not None and after is not None
+        cpu = after - before
         usec = await _script_usec(conn)
         print(
             f"{label}: script {usec / count:.1f} us, Redis CPU {cpu / count * 1e6:.1f} us per call"
@@ -297,8 +277,11 @@ async def script_cost(redis: RedisServer, count: int) -> None:
             return store.pack_flush(sent, groups)
 
         await run(f"a flush of {per_flush} documents x {per_doc} events", flush)
-    for c, _ in stores:
-        c.close()
+    conn.close()
+    other.conn.close()
+
+
+MEASURES = ("script", "throughput", "latency", "crash", "heal")
 
 
 async def main() -> None:
@@ -309,11 +292,11 @@ async def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["script", "throughput", "latency", "crash", "heal"],
+        choices=MEASURES,
         help="run only these measurements (repeatable; default: all)",
     )
     args = parser.parse_args()
-    only = set(args.only or ["script", "throughput", "latency", "crash", "heal"])
+    only = set(args.only or MEASURES)
     redis = RedisServer()
     redis.start()
     try:
