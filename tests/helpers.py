@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from cpc_signaling.client import Client, Reconnected
 from cpc_signaling.protocol import Message
@@ -290,13 +291,30 @@ async def until(predicate: Callable[[], object], timeout: float = TIMEOUT) -> No
             await asyncio.sleep(0.02)
 
 
-async def metric(http: str, name: str) -> float:
-    """The sum of the ``/metrics`` samples of a server whose lines start with ``name``
-    (a self-signed TLS server's too)."""
+async def until_metric(
+    http: str, name: str, holds: Callable[[float], bool], timeout: float = TIMEOUT
+) -> None:
+    """Wait until ``holds`` the value of :func:`metric` ``name`` of the server at ``http``
+    (another process: its counters have no event to await)."""
+
+    async def check() -> bool:
+        return holds(await metric(http, name))
+
+    await until(check, timeout)
+
+
+async def metric(http: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` (those with ``labels``, if given) on the
+    ``/metrics`` page of the server at ``http`` (a self-signed TLS server's too)."""
     connector = aiohttp.TCPConnector(ssl=False)
     async with (
         aiohttp.ClientSession(connector=connector) as session,
         session.get(f"{http}/metrics") as response,
     ):
         text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

@@ -97,16 +97,3 @@ async def wait_ready(server: ServerProcess, ready: bool, timeout: float = 3 * TI
         while (await readyz(server) == 200) != ready:  # noqa: ASYNC110 (an HTTP poll)
             await asyncio.sleep(0.02)
     return loop.time() - started
-
-
-async def metric(server: ServerProcess, name: str) -> float:
-    """Sum of every sample of metric ``name`` (all labels)."""
-    async with aiohttp.ClientSession() as session, session.get(server.http + "/metrics") as r:
-        text = await r.text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, _, value = line.rpartition(" ")
-            if head == name or head.startswith(name + "{"):
-                total += float(value)
-    return total

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from cpc_signaling.client import Client
 from cpc_signaling.protocol import Comment, CursorUpdate, JoinDocument, LeaveDocument, Message
 
-from ..helpers import TIMEOUT, ServerProcess, new_id, receive_until
-from .cluster import instances, metric, readyz, running, spawn_instances, wait_ready
+from ..helpers import TIMEOUT, ServerProcess, metric, new_id, receive_until
+from .cluster import instances, readyz, running, spawn_instances, wait_ready
 from .server import RedisServer
 
 
@@ -111,7 +111,7 @@ async def test_a_quiet_listener_is_not_a_failure(redis: RedisServer) -> None:
         await receive_until(a, lambda m: type(m) is JoinDocument)
         await asyncio.sleep(6.5)  # a quiet spell past 5 s: nothing may happen in it
         for server in (s1, s2):
-            assert await metric(server, "cpc_backend_failures_total") == 0, server.lines[-10:]
+            assert await metric(server.http, "cpc_backend_failures_total") == 0, server.lines[-10:]
         await b.cursor(doc, 2, 2)
         got = await receive_until(a, lambda m: type(m) is CursorUpdate)
         assert [type(m) for m in got] == [CursorUpdate]
@@ -178,7 +178,7 @@ async def test_another_database_on_the_same_redis_is_another_world(redis: RedisS
             await b.join(doc)
             got = await receive_until(a, lambda m: type(m) is JoinDocument)
             assert got == [JoinDocument(document_id=doc, user_id=b.user_id)]
-        assert await metric(s7, "cpc_backend_failures_total") == 0
+        assert await metric(s7.http, "cpc_backend_failures_total") == 0
 
 
 async def test_a_malformed_message_is_dropped_and_counted(redis: RedisServer) -> None:
@@ -202,8 +202,8 @@ async def test_a_malformed_message_is_dropped_and_counted(redis: RedisServer) ->
         got = await receive_until(a, lambda m: type(m) is CursorUpdate)
         assert [type(m) for m in got] == [CursorUpdate]
         for server in (s1, s2):
-            assert await metric(server, "cpc_backend_failures_total") == 0
-            assert await metric(server, "cpc_backend_malformed_total") >= 1
+            assert await metric(server.http, "cpc_backend_failures_total") == 0
+            assert await metric(server.http, "cpc_backend_malformed_total") >= 1
 
 
 async def followed(redis: RedisServer, prefix: str, docs: list[str]) -> list[str]:

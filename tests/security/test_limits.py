@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 
 import aiohttp
 import pytest
@@ -22,18 +21,8 @@ from cpc_signaling.protocol import (
 )
 
 from ..conftest import ServerFactory
-from ..helpers import RunningServer, new_id, receive_until, running_server
+from ..helpers import metric, new_id, receive_until, running_server
 from .support import SECRET, TS, connect_and_collect, frame, join_raw, token
-
-
-async def metric(server: RunningServer, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"{server.http}/metrics") as r:
-        text = await r.text()
-    total = 0.0
-    for match in re.finditer(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M):
-        total += float(match.group(1))
-    return total
-
 
 # -- origin -----------------------------------------------------------------------------------
 
@@ -52,7 +41,7 @@ async def test_origin_refused_before_the_upgrade() -> None:
             # No Origin header: not a browser; allowed (the token, if any, authenticates).
             async with session.ws_connect(srv.url) as ws:
                 await join_raw(ws, new_id(), new_id())
-        assert await metric(srv, "cpc_connections_refused_total") == 2
+        assert await metric(srv.http, "cpc_connections_refused_total") == 2
 
 
 async def test_any_origin_by_default() -> None:
@@ -115,7 +104,7 @@ async def test_rate_limit_drops_and_tells_at_most_once_a_second() -> None:
                 await sender.cursor(doc, i, 1)
             with pytest.raises(TimeoutError):
                 await sender.receive(0.3)
-            dropped = await metric(srv, "cpc_rate_limited_total")
+            dropped = await metric(srv.http, "cpc_rate_limited_total")
             assert dropped >= 100 - 20, dropped
             # After the notice interval a new flood gets one new notice.
             await asyncio.sleep(0.8)
@@ -139,7 +128,7 @@ async def test_rate_limit_zero_disables() -> None:
                 watcher, lambda m: isinstance(m, CursorUpdate) and m.position.line == 999
             )
             assert len([m for m in got if isinstance(m, CursorUpdate)]) == 1000
-        assert await metric(srv, "cpc_rate_limited_total") == 0
+        assert await metric(srv.http, "cpc_rate_limited_total") == 0
 
 
 async def test_paced_cursor_traffic_in_three_documents_is_never_limited() -> None:
@@ -163,7 +152,7 @@ async def test_paced_cursor_traffic_in_three_documents_is_never_limited() -> Non
                     and m.document_id == docs[-1]
                 ),
             )
-        assert await metric(srv, "cpc_rate_limited_total") == 0
+        assert await metric(srv.http, "cpc_rate_limited_total") == 0
 
 
 # -- stored rate (annotations and comments) -------------------------------------------------------
@@ -194,9 +183,9 @@ async def test_stored_rate_limit_refuses_a_comment_flood_and_spares_presence(
             with pytest.raises(TimeoutError):  # one notice a second, not one per drop
                 await sender.receive(0.3)
             assert sender.connected
-            dropped = await metric(srv, "cpc_stored_rate_limited_total")
+            dropped = await metric(srv.http, "cpc_stored_rate_limited_total")
             assert dropped == 40 - len(comments)
-            assert await metric(srv, "cpc_rate_limited_total") == 0
+            assert await metric(srv.http, "cpc_rate_limited_total") == 0
             # A second later the bucket has refilled: comments pass again.
             await asyncio.sleep(1.0)
             await sender.comment(doc, 99, 0, "later")
@@ -226,7 +215,7 @@ async def test_stored_rate_limit_zero_disables(server_factory: ServerFactory) ->
                 watcher, lambda m: isinstance(m, Annotation) and m.position.line == 99
             )
             assert len([m for m in got if isinstance(m, Annotation)]) == 100
-        assert await metric(srv, "cpc_stored_rate_limited_total") == 0
+        assert await metric(srv.http, "cpc_stored_rate_limited_total") == 0
 
 
 # -- connection caps ------------------------------------------------------------------------------
@@ -243,7 +232,7 @@ async def test_process_connection_cap() -> None:
         # Room again once they left.
         async with srv.client() as c:
             await c.join(new_id())
-        assert await metric(srv, "cpc_connections_refused_total") == 1
+        assert await metric(srv.http, "cpc_connections_refused_total") == 1
 
 
 async def test_per_user_connection_cap() -> None:

@@ -83,7 +83,7 @@ async def test_a_ping_flood_that_never_reads_is_closed_and_leaves() -> None:
                 left = False
             after = rss_kib(pid)
             growth_mib = (after - before) / 1024
-            closed = await metric(server.http, 'cpc_closes_total{reason="slow_reader"}')
+            closed = await metric(server.http, "cpc_closes_total", reason="slow_reader")
             if REPORT:
                 print(
                     f"\n[security figures] ping flood, {sent} pings of 125 B sent, never "

@@ -23,7 +23,6 @@ import socket
 import ssl
 import struct
 import sys
-from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +42,7 @@ from ..helpers import (
     running_aiohttp_server,
     spawn_server,
     until,
+    until_metric,
 )
 from ..security.support import (
     RawWebSocket,
@@ -90,10 +90,6 @@ async def freed_at_once(port: int, client_port: int) -> None:
         ) from None
 
 
-async def _at_least_one(value: Awaitable[float]) -> bool:
-    return await value >= 1
-
-
 async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
     """A real process: a member that never reads nor answers pings is closed (1011),
     its closing handshake never finishes, and its socket is aborted after 2 s; no socket
@@ -104,9 +100,8 @@ async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
     raw: RawWebSocket | None = None
     try:
         doc = new_id()
-        await fill_over_http(
-            server.http, API_KEY, doc, 300, 9000
-        )  # its snapshot fills every buffer
+        # Its snapshot fills every buffer.
+        await fill_over_http(server.http, API_KEY, doc, 300, 9000)
         port = int(server.http.rsplit(":", 1)[1])
         raw = await RawWebSocket.connect(server.url)  # 4 KiB receive buffer, never read
         client_port = raw.sock.getsockname()[1]
@@ -114,9 +109,8 @@ async def test_an_aborted_stalled_socket_is_reset_and_freed_at_once() -> None:
         # Its snapshot sits in the server's kernel send buffer.
         await until(lambda: any(q > 0 for _, q in tcp_entries(port, client_port)))
         # Ping timeout, then the close deadline: aborted.
-        await until(
-            lambda: _at_least_one(metric(server.http, "cpc_close_timeouts_total")),
-            1.0 + CLOSE_TIMEOUT + TIMEOUT,
+        await until_metric(
+            server.http, "cpc_close_timeouts_total", lambda n: n >= 1, 1.0 + CLOSE_TIMEOUT + TIMEOUT
         )
         # Reset at once: no orphan in FIN-WAIT-1 keeping the unsent snapshot.
         await freed_at_once(port, client_port)
@@ -264,7 +258,7 @@ async def test_a_stalled_tls_member_given_up_on_ends_once(tmp_path: Path, loop: 
                 assert got.count(leave) == 1, got
                 assert await metric(http, "cpc_close_timeouts_total") == 1
                 assert await metric(http, "cpc_closes_total") == 1
-                assert await metric(http, "cpc_connections ") == 1  # the watcher
+                assert await metric(http, "cpc_connections") == 1  # the watcher
     finally:
         if stalled_writer is not None:
             stalled_writer.transport.abort()
