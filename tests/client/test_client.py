@@ -27,7 +27,7 @@ from cpc_signaling.protocol import (
     Selection,
 )
 
-from ..helpers import TIMEOUT, UNIT, ServerProcess, new_id, running_server, spawn_server
+from ..helpers import TIMEOUT, UNIT, ServerProcess, new_id, running_server, spawn_server, until
 from ..security.support import SECRET, token
 
 # The client's reconnect backoff tops out at 1 s: a client is back within about a second
@@ -198,12 +198,6 @@ def _at(line: int, column: int) -> Position:
     return Position(line=line, column=column)
 
 
-async def _until(check: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not check():  # noqa: ASYNC110 (the client updates its map as frames arrive)
-            await asyncio.sleep(0.01)
-
-
 async def test_users_follows_the_snapshot_and_live_events() -> None:
     async with running_server() as server:
         doc = new_id()
@@ -228,8 +222,8 @@ async def test_users_follows_the_snapshot_and_live_events() -> None:
             # Live: Cy arrives, Bob moves with a PresenceUpdate (it supersedes his cursor).
             await cy.join(doc)
             await bob.presence(doc, cursor=(5, 0), selection=((5, 0), (5, 6)), is_typing=True)
-            await _until(lambda: cy.user_id in alice.users(doc), "Cy in Alice's map")
-            await _until(lambda: alice.users(doc)[bob.user_id].is_typing, "Bob typing")
+            await until(lambda: cy.user_id in alice.users(doc))
+            await until(lambda: alice.users(doc)[bob.user_id].is_typing)
             seen = alice.users(doc)[bob.user_id]
             assert seen.cursor == _at(5, 0)
             assert seen.selection == Selection(start=_at(5, 0), end=_at(5, 6))
@@ -238,7 +232,7 @@ async def test_users_follows_the_snapshot_and_live_events() -> None:
             assert alice.users(doc)[cy.user_id] == User(user_id=cy.user_id)
             assert alice.user_id not in alice.users(doc)
             await bob.leave(doc)
-            await _until(lambda: bob.user_id not in alice.users(doc), "Bob gone")
+            await until(lambda: bob.user_id not in alice.users(doc))
             assert set(alice.users(doc)) == {cy.user_id}
             with pytest.raises(ClientError):
                 bob.users(doc)  # not joined (any more)
@@ -304,13 +298,12 @@ async def test_after_a_restart_own_presence_is_sent_again(
         await alice.cursor(doc, 1, 5)
         await alice.typing(doc, True)
         await alice.status(doc, "away")
-        await _until(lambda: bob.users(doc).get(alice.user_id, User("")).status == "away", "")
+        await until(lambda: bob.users(doc).get(alice.user_id, User("")).status == "away")
         before = bob.users(doc)[alice.user_id]
         process.append(await _outage(process[0], 0.5))
         # Bob's map is rebuilt from his new snapshot, where Alice's presence is again.
-        await _until(
-            lambda: bob.users(doc).get(alice.user_id, User("")).presence == before.presence,
-            "Alice's presence back in Bob's map",
+        await until(  # Alice's presence back in Bob's map
+            lambda: bob.users(doc).get(alice.user_id, User("")).presence == before.presence
         )
         again = bob.users(doc)[alice.user_id]
         assert (again.cursor, again.selection, again.is_typing, again.status) == (
@@ -369,7 +362,7 @@ async def test_users_carry_their_info_from_the_join_in_open_mode() -> None:
         assert bob.users(doc)[ada.user_id].info == {"color": "#e91e63", "name": "Ada"}
         async with Client(server.url, info={"name": "Cy"}) as cy:
             await cy.join(doc)  # Cy announced live to Bob
-            await _until(lambda: cy.user_id in bob.users(doc), "Cy in Bob's map")
+            await until(lambda: cy.user_id in bob.users(doc))
             assert bob.users(doc)[cy.user_id] == User(cy.user_id, info={"name": "Cy"})
 
 
@@ -409,6 +402,6 @@ async def test_after_close_every_read_ends_and_stream_false_keeps_nothing() -> N
             await quiet.join(doc)
             await other.join(doc)
             await other.status(doc, "busy")
-            await _until(lambda: quiet.users(doc).get(other.user_id, User("")).status == "busy", "")
+            await until(lambda: quiet.users(doc).get(other.user_id, User("")).status == "busy")
             with pytest.raises(ClientError, match="stream=False"):
                 await quiet.receive(TIMEOUT)

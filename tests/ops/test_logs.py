@@ -23,6 +23,7 @@ from ..helpers import (
     running_server,
     spawn_asgi_server,
     spawn_server,
+    until,
 )
 
 
@@ -144,9 +145,7 @@ async def test_every_line_about_a_connection_names_it(
             await mute.send_str(
                 json.dumps({"JoinDocument": {"document_id": doc, "user_id": new_id()}})
             )
-            async with asyncio.timeout(TIMEOUT):
-                while srv.service.sessions:  # noqa: ASYNC110 - the server's own state
-                    await asyncio.sleep(0.05)
+            await until(lambda: not srv.service.sessions)
             await mute.close()
     named = [r for r in caplog.records if getattr(r, "connection_id", None)]
     for record in named:  # the JSON field, and the text itself

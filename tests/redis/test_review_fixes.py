@@ -14,7 +14,7 @@ from cpc_signaling.client import Client
 from cpc_signaling.core import Hub
 from cpc_signaling.protocol import Comment, Error, ErrorCode, JoinDocument, LeaveDocument
 
-from ..helpers import TIMEOUT, new_id, receive_until, running_server
+from ..helpers import TIMEOUT, new_id, receive_until, running_server, until
 from .cluster import followers
 from .server import RedisServer
 
@@ -32,9 +32,7 @@ def _skip_a_seq(redis: RedisServer, prefix: str, doc: str) -> None:
 
 
 async def _applied(hub: Hub[Any], doc: str, seq: int) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while (state := hub.documents.get(doc)) is None or state.seq < seq:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await until(lambda: (state := hub.documents.get(doc)) is not None and state.seq >= seq)
 
 
 async def test_own_join_and_leave_skipped_by_a_reload_still_get_their_local_side(
@@ -117,14 +115,14 @@ async def test_join_racing_the_last_leave_reattaches_after_the_detach(
                 assert [m.content for m in snapshot if type(m) is Comment] == ["kept"]
                 await b.leave(doc)
             node = _node(backend)
-            async with asyncio.timeout(TIMEOUT):
-                following = service.following
-                while (  # noqa: ASYNC110
-                    service.hub.local_members
-                    or following.detaching
-                    or any(d.lingering is None for d in node.docs.values())
-                ):
-                    await asyncio.sleep(0.01)
+            following = service.following
+            await until(
+                lambda: (
+                    not service.hub.local_members
+                    and not following.detaching
+                    and all(d.lingering is not None for d in node.docs.values())
+                )
+            )
             if linger:  # still followed, for a quick join again; the hub let go
                 assert len(node.docs) == 3
                 assert not service.hub.documents
@@ -240,9 +238,7 @@ async def test_events_redis_ran_before_a_failure_are_not_applied_twice(
 
         monkeypatch.setattr(Node, "_answered_flush", lose_the_reply)
         await a.comment(doc, 1, 1, "once")
-        async with asyncio.timeout(TIMEOUT):
-            while not lost or not node.ready:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await until(lambda: lost and node.ready)
         await a.comment(doc, 1, 1, "end")
         got = await receive_until(b, lambda m: type(m) is Comment and m.content == "end")
         assert [m.content for m in got if type(m) is Comment] == ["once", "end"]
@@ -283,9 +279,7 @@ async def test_an_instance_id_in_use_is_refused_and_a_crashed_ones_is_reclaimed(
     restarted = RedisBackend(options)
     await restarted.start(ignore)
     try:
-        async with asyncio.timeout(TIMEOUT):
-            while not restarted.ready:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await until(lambda: restarted.ready)
     finally:
         await restarted.close()
 

@@ -179,9 +179,7 @@ async def test_sigterm_drain_announces_leaves_at_once(redis: RedisServer) -> Non
 
 
 async def _closed(client: Client) -> int | None:
-    async with asyncio.timeout(TIMEOUT):
-        while client.connected:  # noqa: ASYNC110 (polling a remote state)
-            await asyncio.sleep(0.02)
+    await until(lambda: not client.connected)
     return client.close_code
 
 

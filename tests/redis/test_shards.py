@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -15,7 +14,7 @@ from cpc_signaling.backends.redis import shard
 from cpc_signaling.client import Client, ClientError
 from cpc_signaling.protocol import CursorUpdate, JoinDocument, LeaveDocument
 
-from ..helpers import TIMEOUT, metric, new_id, receive_until, running_server, until_metric
+from ..helpers import TIMEOUT, metric, new_id, receive_until, running_server, until, until_metric
 from .cluster import readyz, running, spawn_instances, wait_ready
 from .server import RedisServer
 
@@ -184,9 +183,9 @@ async def test_orders_reach_every_instance_while_a_node_is_down(
     options = {"redis_url": url_of(own_three), "redis_prefix": "c" + new_id()[:8]}
     async with running_server(**options) as a, running_server(**options) as b:
         own_three[0].stop()
-        async with asyncio.timeout(3 * TIMEOUT):
-            while b.service.backend.stats()["redis_nodes_up"][1] != NODES - 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await until(
+            lambda: b.service.backend.stats()["redis_nodes_up"][1] == NODES - 1, 3 * TIMEOUT
+        )
         async with b.client(reconnect=False) as victim:
             await victim.join(new_id())
             assert await a.service.disconnect(victim.user_id) == 0

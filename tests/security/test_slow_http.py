@@ -21,7 +21,7 @@ from cpc_signaling.asgi import create_app
 from cpc_signaling.server import Config
 from cpc_signaling.server.app import GATE
 
-from ..helpers import TIMEOUT, UNIT, new_id, running_server, serving_uvicorn, spawn_server
+from ..helpers import TIMEOUT, UNIT, new_id, running_server, serving_uvicorn, spawn_server, until
 from .support import join_raw
 
 PARTIAL = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"  # and never the blank line
@@ -80,9 +80,7 @@ async def test_handshakes_in_progress_are_capped_and_websockets_do_not_count() -
             sockets = [await session.ws_connect(srv.url) for _ in range(4)]  # not counted
             slow = [await slow_request(port) for _ in range(3)]
             try:
-                async with asyncio.timeout(TIMEOUT):
-                    while gate.pending < 3:  # noqa: ASYNC110 - the server's own count
-                        await asyncio.sleep(0.01)
+                await until(lambda: gate.pending >= 3)  # the server's own count
                 assert await http_status(srv.http + "/healthz") == 503  # a 4th: refused
                 for ws in sockets:  # the WebSockets serve on
                     await join_raw(ws, new_id(), new_id())
