@@ -281,6 +281,10 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[k]
 
 
+SATURATED_PCT = 90.0
+"""The pinned servers' CPU busy at least this much of a run: saturated (see summarize)."""
+
+
 def summarize(
     workload: Workload,
     rate: float,
@@ -392,10 +396,6 @@ def summarize(
         row["server_core_pct"] = None
         row["server_saturated"] = False
     return row
-
-
-SATURATED_PCT = 90.0
-"""The pinned servers' CPU busy at least this much of a run: saturated (see summarize)."""
 
 
 def _noisy(row: dict[str, Any]) -> bool:
